@@ -1,0 +1,171 @@
+"""Streaming, atomic safetensors writer.
+
+The format is written here rather than with `safetensors.torch.save_file` because that
+needs the whole state_dict in memory; a grown student can be several times the teacher.
+The header is computed from the planned shapes, then each tensor is produced, written and
+dropped, so peak memory stays near the largest tensor. Data goes to a hidden temp file in
+the target directory and is renamed into place only once complete and fsynced: an
+interrupted run never leaves a half-written checkpoint, and never clobbers an old one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from morphspec.checkpoint.reader import SAFETENSORS_DTYPES, CheckpointReader
+from morphspec.errors import CheckpointError, Mark
+
+__all__ = ["TensorEntry", "load_state_dict", "save_state_dict", "write_safetensors"]
+
+_DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor to write: its planned shape and dtype, and how to compute it on demand."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    produce: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _header_bytes(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | None) -> bytes:
+    """The length prefix and JSON header, padded with spaces to a multiple of 8."""
+    header: dict[str, object] = {}
+    if metadata:
+        for k, v in metadata.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise ValueError(f"metadata must map strings to strings; got {k!r}: {v!r}")
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    for entry in entries:
+        if entry.dtype not in _DTYPE_NAMES:
+            raise ValueError(f"tensor '{entry.key}': dtype {entry.dtype} cannot be saved")
+        header[entry.key] = {
+            "dtype": _DTYPE_NAMES[entry.dtype],
+            "shape": list(entry.shape),
+            "data_offsets": [offset, offset + entry.nbytes],
+        }
+        offset += entry.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _check_entries(entries: Sequence[TensorEntry]) -> list[TensorEntry]:
+    """Entries sorted by key, so the same tensors always give the same bytes."""
+    ordered = sorted(entries, key=lambda e: e.key)
+    for prev, cur in zip(ordered, ordered[1:]):
+        if prev.key == cur.key:
+            raise ValueError(f"tensor '{cur.key}' is listed twice")
+    for e in ordered:
+        if e.key == "__metadata__":
+            raise ValueError("'__metadata__' is reserved and cannot be a tensor name")
+        if any(not isinstance(d, int) or d < 0 for d in e.shape):
+            raise ValueError(f"tensor '{e.key}': shape {e.shape} is not a tuple of sizes")
+    return ordered
+
+
+def _raw_bytes(entry: TensorEntry, tensor: torch.Tensor) -> memoryview:
+    """The tensor's little-endian bytes, after checking it matches what the header promised."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"tensor '{entry.key}': produce() returned {type(tensor).__name__}")
+    if tuple(tensor.shape) != tuple(entry.shape) or tensor.dtype != entry.dtype:
+        raise ValueError(
+            f"tensor '{entry.key}': produce() gave shape {list(tensor.shape)} {tensor.dtype}, "
+            f"planned {list(entry.shape)} {entry.dtype}"
+        )
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if flat.dtype != torch.uint8:
+        flat = flat.view(torch.uint8)
+    return memoryview(flat.numpy()).cast("B")
+
+
+def write_safetensors(
+    path: str | os.PathLike[str],
+    entries: Sequence[TensorEntry],
+    metadata: Mapping[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Write `entries` to `path` atomically, one tensor in memory at a time.
+
+    `progress`, if given, is called after each tensor with the total tensor bytes written
+    so far (the sum of `TensorEntry.nbytes` is the final value). Returns the path written.
+    """
+    if sys.byteorder != "little":  # pragma: no cover - every supported platform is LE
+        raise RuntimeError("writing safetensors requires a little-endian host")
+    target = Path(path)
+    ordered = _check_entries(entries)
+    header = _header_bytes(ordered, metadata)
+    if not target.parent.is_dir():
+        raise CheckpointError(
+            f"output directory {target.parent} does not exist; create it first",
+            mark=Mark(str(target)),
+        )
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            written = 0
+            for entry in ordered:
+                tensor = entry.produce()
+                data = _raw_bytes(entry, tensor)
+                del tensor
+                f.write(data)
+                written += len(data)
+                del data
+                if progress is not None:
+                    progress(written)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; not possible (nor needed) on every platform."""
+    with contextlib.suppress(OSError, AttributeError):
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def save_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save an in-memory state_dict with the same atomic writer."""
+    entries = [
+        TensorEntry(key, tuple(t.shape), t.dtype, (lambda t=t: t)) for key, t in state_dict.items()
+    ]
+    return write_safetensors(path, entries, metadata)
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load every tensor (single file or sharded set); only for checkpoints that fit in memory."""
+    with CheckpointReader(path) as reader:
+        return {key: reader.get(key) for key in reader.keys()}

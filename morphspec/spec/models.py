@@ -1,0 +1,258 @@
+"""Pydantic models of the spec format (SPEC.md), in its fully spelled `op` form.
+
+Bare words (`relu`) and single-key layers (`conv: {...}`) are normalised to `{op: ...}`
+by `spec.normalize` before validation, so one discriminated union describes every layer
+and the JSON Schema says exactly what the loader accepts. Unknown `op` values fall through
+to `BlockCall`; the loader then checks them against `blocks:` and suggests the closest kind.
+No torch here: `morph validate` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
+
+from morphspec.errors import Mark
+
+__all__ = [
+    "ACTIVATIONS",
+    "LAYER_KINDS",
+    "BlockCall",
+    "BlockDef",
+    "InputSpec",
+    "Layer",
+    "Num",
+    "Spec",
+]
+
+Num = Annotated[
+    int | float | str,
+    Field(description="a number, or an expression over vars and args such as 'floor(64*r)'"),
+]
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity")
+Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity"]
+
+
+class _Layer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str | None = Field(None, description="the layer's name, so its state_dict prefix")
+
+
+class Linear(_Layer):
+    op: Literal["linear"]
+    out: Num
+    bias: bool = True
+
+
+class Conv(_Layer):
+    op: Literal["conv"]
+    out: Num
+    kernel: Num
+    stride: Num = 1
+    padding: Num = 0
+    dilation: Num = 1
+    bias: bool = True
+
+
+class BatchNorm(_Layer):
+    op: Literal["batchnorm"]
+    eps: Num = 1e-5
+    momentum: Num = 0.1
+
+
+class LayerNorm(_Layer):
+    op: Literal["layernorm"]
+    eps: Num = 1e-5
+    bias: bool = True
+
+
+class RMSNorm(_Layer):
+    op: Literal["rmsnorm"]
+    eps: Num = 1e-5
+
+
+class Act(_Layer):
+    op: Literal["relu", "gelu", "silu", "tanh", "sigmoid", "identity"]
+
+
+class LeakyRelu(_Layer):
+    op: Literal["leaky_relu"]
+    slope: Num = 0.01
+
+
+class Pool(_Layer):
+    op: Literal["maxpool", "avgpool"]
+    kernel: Num
+    stride: Num | None = None
+    padding: Num = 0
+
+
+class Reshape(_Layer):
+    op: Literal["global_avgpool", "flatten"]
+
+
+class Dropout(_Layer):
+    op: Literal["dropout"]
+    p: Num = 0.5
+
+
+class Embedding(_Layer):
+    op: Literal["embedding"]
+    vocab: Num
+    dim: Num
+
+
+class PositionEmbedding(_Layer):
+    op: Literal["position_embedding"]
+    max_len: Num
+
+
+class Attention(_Layer):
+    op: Literal["attention"]
+    heads: Num
+    head_dim: Num
+    kv_heads: Num | None = Field(None, description="defaults to heads")
+    causal: bool = True
+    bias: bool = True
+    rope: bool = False
+
+
+class Mlp(_Layer):
+    op: Literal["mlp"]
+    hidden: Num
+    act: Activation = "gelu"
+    gated: bool = False
+    bias: bool = True
+
+
+class Sequential(_Layer):
+    op: Literal["sequential"]
+    body: list[Layer]
+
+
+class Shortcut(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = "shortcut"
+    when: Literal["mismatch", "always"] = "mismatch"
+    body: list[Layer] | None = Field(
+        None, description="default: 1x1 conv without bias (stride to match) then batchnorm"
+    )
+
+
+class Residual(_Layer):
+    op: Literal["residual"]
+    body: list[Layer]
+    shortcut: Shortcut | None = None
+    post: Layer | list[Layer] | None = None
+
+
+class Repeat(_Layer):
+    op: Literal["repeat"]
+    times: Num
+    body: list[Layer] | None = None
+    block: str | None = None
+    args: dict[str, Num | bool] = Field(default_factory=dict)
+    first: dict[str, Num | bool] = Field(
+        default_factory=dict, description="argument overrides for copy 0"
+    )
+
+    @model_validator(mode="after")
+    def _body_or_block(self) -> Repeat:
+        if (self.body is None) == (self.block is None):
+            raise ValueError("a repeat takes exactly one of 'body' or 'block'")
+        if self.body is not None and (self.args or self.first):
+            raise ValueError("'args' and 'first' apply to a 'block' repeat only")
+        return self
+
+
+class Reversible(_Layer):
+    op: Literal["hamiltonian", "midpoint", "leapfrog"]
+    steps: Num
+    hidden: Num
+    kernel: Num = 3
+    h: Num = 1.0
+    act: Activation = "relu"
+    memory: Literal["recompute", "store"] = "recompute"
+
+
+class BlockCall(BaseModel):
+    """A use of a template from `blocks:`; its other keys are the template's args."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    op: str
+    name: str | None = None
+
+
+_KINDS: dict[str, type[BaseModel]] = {}
+for _model in (Linear, Conv, BatchNorm, LayerNorm, RMSNorm, Act, LeakyRelu, Pool, Reshape,
+               Dropout, Embedding, PositionEmbedding, Attention, Mlp, Sequential, Residual,
+               Repeat, Reversible):  # fmt: skip
+    for _kind in _model.model_fields["op"].annotation.__args__:  # type: ignore[union-attr]
+        _KINDS[_kind] = _model
+LAYER_KINDS: tuple[str, ...] = tuple(_KINDS)
+
+
+def model_for(kind: str) -> type[BaseModel]:
+    return _KINDS.get(kind, BlockCall)
+
+
+def _tag(value: Any) -> str:
+    op = value.get("op") if isinstance(value, dict) else getattr(value, "op", None)
+    return _KINDS[op].__name__ if op in _KINDS else "BlockCall"
+
+
+Layer = Annotated[
+    Union[  # noqa: UP007 (a forward-referenced union needs typing.Union)
+        tuple(Annotated[m, Tag(m.__name__)] for m in {*_KINDS.values(), BlockCall})  # type: ignore[misc]
+    ],
+    Discriminator(_tag),
+]
+
+
+class BlockDef(BaseModel):
+    """A template: `args` (value `required` for no default) and the layer it stands for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    args: dict[str, Num | bool] = Field(default_factory=dict)
+    description: str = ""
+    layer: Layer
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    shape: list[int] = Field(description="one sample, batch dimension left out")
+    dtype: Literal["float32", "int64"] = "float32"
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    morphspec: Literal[1] = Field(description="format version")
+    name: str
+    description: str = ""
+    extends: str | None = Field(None, description="a spec file this one overrides")
+    vars: dict[str, int | float] = Field(default_factory=dict)
+    input: InputSpec
+    blocks: dict[str, BlockDef] = Field(default_factory=dict)
+    body: list[Layer]
+    _source: Any = PrivateAttr(None)  # spec.yamlpos.Located, set by load_spec
+    _path: str = PrivateAttr("<spec>")
+
+    @property
+    def path(self) -> str:
+        """The file this spec was read from (its label in error messages)."""
+        return self._path
+
+    def mark(self, loc: tuple[str | int, ...], key: bool = False) -> Mark:
+        """The YAML place of the value (or key) at `loc`, for error messages."""
+        if self._source is None:
+            return Mark(self._path)
+        return self._source.mark(loc, key)  # type: ignore[no-any-return]
+
+    def resolved_json(self) -> str:
+        """The spec after `extends` and `--set`, as stored in checkpoint headers."""
+        return self.model_dump_json(exclude={"extends"}, exclude_defaults=False)
+
+
+for _m in (*_KINDS.values(), BlockDef, Sequential, Residual, Shortcut, Repeat, Spec):
+    _m.model_rebuild()

@@ -1,0 +1,91 @@
+"""YAML reading that remembers where every value and key came from.
+
+PyYAML's composer gives nodes with marks; we construct plain Python values from them
+and record, for each path of keys and indices, the mark of the value and of its key,
+so that a pydantic error location can be turned into `FILE:LINE:COL`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from morphspec.errors import Mark, SpecError
+
+__all__ = ["Loc", "Located", "load_yaml"]
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass
+class Located:
+    """A YAML document as plain data plus the marks of its values and keys by path."""
+
+    data: Any
+    file: str
+    values: dict[Loc, Mark] = field(default_factory=dict)
+    keys: dict[Loc, Mark] = field(default_factory=dict)
+
+    def mark(self, loc: Loc, key: bool = False) -> Mark:
+        """The mark of `loc`, or of its nearest ancestor that has one."""
+        table = self.keys if key else self.values
+        for i in range(len(loc), -1, -1):
+            found = table.get(loc[:i]) or self.values.get(loc[:i])
+            if found is not None:
+                return found
+        return Mark(self.file)
+
+
+def _mark(file: str, node: yaml.Node) -> Mark:
+    return Mark(file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def load_yaml(path: Path, label: str | None = None) -> Located:
+    """Read `path` into a Located document; syntax errors become SpecError with a place."""
+    label = label or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"file not found: {label}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read {label}: {exc}") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError(
+                "the file is empty; a spec starts with 'morphspec: 1'", Mark(label, 1, 1)
+            )
+        out = Located(None, label)
+        out.data = _construct(loader, node, (), out)
+        return out
+    except yaml.MarkedYAMLError as exc:
+        m = exc.problem_mark
+        mark = Mark(label, m.line + 1, m.column + 1) if m else Mark(label)
+        raise SpecError(f"YAML syntax error: {exc.problem or exc}", mark) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"YAML error: {exc}", Mark(label)) from None
+    finally:
+        loader.dispose()
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, out: Located) -> Any:
+    out.values[loc] = _mark(out.file, node)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int):
+                raise SpecError("mapping keys must be names", _mark(out.file, key_node))
+            if key in result:
+                raise SpecError(f"duplicate key '{key}'", _mark(out.file, key_node))
+            out.keys[(*loc, key)] = _mark(out.file, key_node)
+            result[key] = _construct(loader, value_node, (*loc, key), out)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(loader, item, (*loc, i), out) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +89,8 @@ def _read_header(path: Path) -> tuple[dict[str, _Info], dict[str, str]]:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _fail(path, f"not a safetensors file: header is not valid JSON ({e}); {_FIX}") from None
+        msg = f"not a safetensors file: header is not valid JSON ({e}); {_FIX}"
+        raise _fail(path, msg) from None
     if not isinstance(header, dict):
         raise _fail(path, f"not a safetensors file: header is not a JSON object; {_FIX}")
     meta = header.pop("__metadata__", None) or {}
@@ -172,22 +173,25 @@ class CheckpointReader:
         shards = sorted({index.parent / name for name in weight_map.values()})
         missing = [s for s in shards if not s.is_file()]
         if missing:
-            raise CheckpointError(
-                [Problem(f"shard {s.name} listed in the index is missing", Mark(str(s))) for s in missing]
-            )
+            msg = "shard listed in the index is missing; restore it or fix the index"
+            raise CheckpointError([Problem(msg, Mark(str(s))) for s in missing])
         per_shard = {s: _read_header(s) for s in shards}
         problems: list[Problem] = []
         self._infos = {}
+        listed: dict[Path, set[str]] = {s: set() for s in shards}
         for key, name in sorted(weight_map.items()):
             shard = index.parent / name
+            listed[shard].add(key)
             info = per_shard[shard][0].get(key)
             if info is None:
-                problems.append(Problem(f"key '{key}' listed in the index is absent", Mark(str(shard))))
+                msg = f"tensor '{key}' is listed in {index.name} for this shard but absent from it"
+                problems.append(Problem(msg, Mark(str(shard))))
             else:
                 self._infos[key] = info
         for shard, (infos, _) in per_shard.items():
-            for key in sorted(set(infos) - {k for k, v in weight_map.items() if index.parent / v == shard}):
-                problems.append(Problem(f"key '{key}' is not listed in {index.name}", Mark(str(shard))))
+            for key in sorted(set(infos) - listed[shard]):
+                msg = f"tensor '{key}' is in this shard but not listed in {index.name}"
+                problems.append(Problem(msg, Mark(str(shard))))
         if problems:
             raise CheckpointError(problems)
         self._metadata = per_shard[shards[0]][1] if shards else {}
@@ -220,6 +224,9 @@ class CheckpointReader:
 
     def __contains__(self, key: object) -> bool:
         return key in self._infos
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
 
     def __len__(self) -> int:
         return len(self._infos)

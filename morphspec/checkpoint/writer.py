@@ -11,6 +11,7 @@ interrupted run never leaves a half-written checkpoint, and never clobbers an ol
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -70,7 +71,7 @@ def _header_bytes(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | 
 def _check_entries(entries: Sequence[TensorEntry]) -> list[TensorEntry]:
     """Entries sorted by key, so the same tensors always give the same bytes."""
     ordered = sorted(entries, key=lambda e: e.key)
-    for prev, cur in zip(ordered, ordered[1:]):
+    for prev, cur in itertools.pairwise(ordered):
         if prev.key == cur.key:
             raise ValueError(f"tensor '{cur.key}' is listed twice")
     for e in ordered:
@@ -93,7 +94,7 @@ def _raw_bytes(entry: TensorEntry, tensor: torch.Tensor) -> memoryview:
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     if flat.dtype != torch.uint8:
         flat = flat.view(torch.uint8)
-    return memoryview(flat.numpy()).cast("B")
+    return flat.numpy().data.cast("B")
 
 
 def write_safetensors(
@@ -160,12 +161,16 @@ def save_state_dict(
 ) -> Path:
     """Save an in-memory state_dict with the same atomic writer."""
     entries = [
-        TensorEntry(key, tuple(t.shape), t.dtype, (lambda t=t: t)) for key, t in state_dict.items()
+        TensorEntry(key, tuple(t.shape), t.dtype, _returning(t)) for key, t in state_dict.items()
     ]
     return write_safetensors(path, entries, metadata)
+
+
+def _returning(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
+    return lambda: tensor
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load every tensor (single file or sharded set); only for checkpoints that fit in memory."""
     with CheckpointReader(path) as reader:
-        return {key: reader.get(key) for key in reader.keys()}
+        return {key: reader.get(key) for key in reader}

@@ -1,0 +1,19 @@
+"""morphspec: declare networks in YAML and grow trained checkpoints without changing their function."""
+
+from morphspec.api import build, load, load_spec, resolve, save
+from morphspec.arch import Arch
+from morphspec.errors import MorphError
+from morphspec.spec import Spec
+
+__version__ = "0.1.0"
+__all__ = [
+    "Arch",
+    "MorphError",
+    "Spec",
+    "__version__",
+    "build",
+    "load",
+    "load_spec",
+    "resolve",
+    "save",
+]

@@ -1,0 +1,81 @@
+"""The public front door: load, resolve, build, load weights, save.
+
+Torch is imported only by the functions that need it, so `import morphspec` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from morphspec.arch import Arch, resolve
+from morphspec.errors import CheckpointError
+from morphspec.spec import Spec, load_spec
+from morphspec.spec.load import SetArg
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["build", "load", "load_spec", "resolve", "save"]
+
+
+def _arch(spec_or_path: Spec | Arch | str | Path, set: SetArg = None) -> Arch:  # noqa: A002
+    if isinstance(spec_or_path, Arch):
+        return spec_or_path
+    spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path, set)
+    return resolve(spec)
+
+
+def build(spec_or_path: Spec | Arch | str | Path, set: SetArg = None) -> nn.Module:  # noqa: A002
+    """The torch model of a spec, randomly initialised by torch's defaults, in eval mode."""
+    from morphspec.build import build_arch
+
+    return build_arch(_arch(spec_or_path, set))
+
+
+def load(spec_path: str | Path, checkpoint_path: str | Path, set: SetArg = None) -> nn.Module:  # noqa: A002
+    """The model of `spec_path` with the weights of `checkpoint_path`, strictly matched.
+
+    Every missing, unexpected or mis-shaped key is listed by name in the error.
+    """
+    from morphspec.build import build_arch
+    from morphspec.checkpoint import CheckpointReader, check_keys
+
+    arch = _arch(spec_path, set)
+    model = build_arch(arch)
+    with CheckpointReader(checkpoint_path) as reader:
+        check_keys(reader, arch.state_shapes(), str(spec_path))
+        state = {k: reader.get(k) for k in reader.keys()}
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def save(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
+    path: str | Path,
+    spec: Spec | Arch | str | Path,
+    **extra: str,
+) -> Path:
+    """Write a checkpoint with the SPEC.md metadata; keys must match the spec exactly."""
+    from torch import nn
+
+    from morphspec.checkpoint import make_metadata, save_state_dict
+
+    arch = _arch(spec)
+    state: Mapping[str, Any] = (
+        model_or_state_dict.state_dict()
+        if isinstance(model_or_state_dict, nn.Module)
+        else model_or_state_dict
+    )
+    expected = arch.state_shapes()
+    problems = sorted(set(expected) ^ set(state)) + [
+        k for k in expected if k in state and tuple(state[k].shape) != expected[k]
+    ]
+    if problems:
+        raise CheckpointError(
+            f"the state_dict does not match spec '{arch.name}': {', '.join(problems[:20])}"
+        )
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return save_state_dict(tensors, Path(path), make_metadata(arch.spec.resolved_json(), **extra))

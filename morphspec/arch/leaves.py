@@ -1,0 +1,243 @@
+"""Shape rules, parameter shapes and FLOPs of every leaf layer kind, without torch.
+
+FLOPs count forward multiply-adds × 2 of the matrix products and convolutions, per sample;
+element-wise work (norms, activations, pooling, bias) is not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from morphspec.arch.nodes import Node, TensorShape
+from morphspec.errors import Mark
+
+__all__ = ["COUNT_ARGS", "REAL_ARGS", "ShapeError", "make"]
+
+REAL_ARGS = frozenset({"eps", "momentum", "slope", "p", "h"})
+COUNT_ARGS = frozenset(
+    {"out", "kernel", "stride", "dilation", "heads", "head_dim", "kv_heads", "hidden",
+     "vocab", "dim", "max_len", "steps", "times"}
+)  # fmt: skip
+
+Shapes = dict[str, tuple[int, ...]]
+Rule = Callable[[dict[str, Any], TensorShape], tuple[TensorShape, Shapes, int]]
+
+
+class ShapeError(ValueError):
+    """A layer that cannot take its input; `field` names the argument to point at."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def _need(shape: TensorShape, kind: str, *layouts: str) -> None:
+    if shape.layout in layouts:
+        return
+    if shape.layout == "image" and "vector" in layouts:
+        raise ShapeError(
+            f"needs a flat input but gets an image tensor {shape} (channels, height, width);"
+            " add 'flatten' or 'global_avgpool' before it"
+        )
+    if shape.layout == "tokens":
+        raise ShapeError(f"gets token ids {shape}; add an 'embedding' first")
+    names = {"vector": "[C]", "image": "[C, H, W]", "sequence": "[T, C]", "tokens": "[T] ids"}
+    want = " or ".join(names[x] for x in layouts)
+    raise ShapeError(f"needs a {want} input but gets {shape}")
+
+
+def _affine(c: int, bias: bool) -> Shapes:
+    return {"weight": (c,), "bias": (c,)} if bias else {"weight": (c,)}
+
+
+def _linear(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+    _need(x, "linear", "vector", "sequence")
+    cin, out = x.channels, a["out"]
+    params: Shapes = {"weight": (out, cin)}
+    if a["bias"]:
+        params["bias"] = (out,)
+    rows = x.dims[0] if x.layout == "sequence" else 1
+    return x.with_channels(out), params, 2 * rows * cin * out
+
+
+def _spatial(size: int, k: int, s: int, p: int, d: int, field: str) -> int:
+    out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+    if out < 1:
+        raise ShapeError(
+            f"kernel {k} (dilation {d}, padding {p}) is larger than the input size {size}", field
+        )
+    return out
+
+
+def _conv(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+    _need(x, "conv", "image")
+    c, h, w = x.dims
+    k, s, p, d = a["kernel"], a["stride"], a["padding"], a["dilation"]
+    ho, wo = _spatial(h, k, s, p, d, "kernel"), _spatial(w, k, s, p, d, "kernel")
+    params: Shapes = {"weight": (a["out"], c, k, k)}
+    if a["bias"]:
+        params["bias"] = (a["out"],)
+    return TensorShape((a["out"], ho, wo), "image"), params, 2 * a["out"] * c * k * k * ho * wo
+
+
+def _batchnorm(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+    _need(x, "batchnorm", "vector", "image")
+    c = x.channels
+    params = {
+        **_affine(c, True),
+        "running_mean": (c,),
+        "running_var": (c,),
+        "num_batches_tracked": (),
+    }
+    return x, params, 0
+
+
+def _norm(bias_default: bool) -> Rule:
+    def rule(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+        _need(x, "norm", "vector", "sequence")
+        return x, _affine(x.channels, a.get("bias", bias_default)), 0
+
+    return rule
+
+
+def _same(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+    if x.layout == "tokens":
+        raise ShapeError(f"gets token ids {x}; add an 'embedding' first")
+    return x, {}, 0
+
+
+def _pool(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+    _need(x, "pool", "image")
+    c, h, w = x.dims
+    k, p = a["kernel"], a["padding"]
+    s = a["stride"] if a["stride"] is not None else k
+    a["stride"] = s
+    if p > k // 2:
+        raise ShapeError(f"padding {p} must be at most half the kernel {k}", "padding")
+    return (
+        TensorShape(
+            (c, _spatial(h, k, s, p, 1, "kernel"), _spatial(w, k, s, p, 1, "kernel")), "image"
+        ),
+        {},
+        0,
+    )
+
+
+def _global_avgpool(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+    _need(x, "global_avgpool", "image")
+    return TensorShape((x.dims[0],), "vector"), {}, 0
+
+
+def _flatten(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+    if x.layout == "tokens":
+        raise ShapeError(f"gets token ids {x}; add an 'embedding' first")
+    n = 1
+    for d in x.dims:
+        n *= d
+    return TensorShape((n,), "vector"), {}, 0
+
+
+def _embedding(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+    if x.layout != "tokens":
+        raise ShapeError(f"needs int64 token ids ([T], input dtype int64) but gets {x}")
+    return TensorShape((x.dims[0], a["dim"]), "sequence"), {"weight": (a["vocab"], a["dim"])}, 0
+
+
+def _position(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+    _need(x, "position_embedding", "sequence")
+    if x.dims[0] > a["max_len"]:
+        raise ShapeError(
+            f"the sequence has {x.dims[0]} positions, more than max_len {a['max_len']}", "max_len"
+        )
+    return x, {"weight": (a["max_len"], x.channels)}, 0
+
+
+def _attention(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+    _need(x, "attention", "sequence")
+    t, dim = x.dims
+    heads, hd = a["heads"], a["head_dim"]
+    kv = a["kv_heads"] if a["kv_heads"] is not None else heads
+    a["kv_heads"] = kv
+    if heads % kv:
+        raise ShapeError(f"heads ({heads}) must be divisible by kv_heads ({kv})", "kv_heads")
+    if a["rope"] and hd % 2:
+        raise ShapeError(f"rotary embedding needs an even head_dim, got {hd}", "head_dim")
+    params: Shapes = {}
+    for proj, rows, cols in (("q_proj", heads * hd, dim), ("k_proj", kv * hd, dim),
+                             ("v_proj", kv * hd, dim), ("o_proj", dim, heads * hd)):  # fmt: skip
+        params[f"{proj}.weight"] = (rows, cols)
+        if a["bias"]:
+            params[f"{proj}.bias"] = (rows,)
+    proj_flops = 2 * t * dim * (2 * heads * hd + 2 * kv * hd)
+    return x, params, proj_flops + 2 * 2 * t * t * heads * hd
+
+
+def _mlp(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+    _need(x, "mlp", "vector", "sequence")
+    dim, hidden = x.channels, a["hidden"]
+    params: Shapes = {}
+    mats = [("up_proj", hidden, dim), ("down_proj", dim, hidden)]
+    if a["gated"]:
+        mats.insert(1, ("gate_proj", hidden, dim))
+    for proj, rows, cols in mats:
+        params[f"{proj}.weight"] = (rows, cols)
+        if a["bias"]:
+            params[f"{proj}.bias"] = (rows,)
+    rows = x.dims[0] if x.layout == "sequence" else 1
+    return x, params, 2 * rows * dim * hidden * len(mats)
+
+
+def _reversible(kind: str) -> Rule:
+    def rule(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+        _need(x, kind, "image")
+        c, h, w = x.dims
+        if c % 2:
+            raise ShapeError(
+                f"splits its input into two channel halves, so needs an even count, got {c}"
+            )
+        if a["kernel"] % 2 == 0:
+            raise ShapeError(f"needs an odd kernel (same padding), got {a['kernel']}", "kernel")
+        half, k, hid = c // 2, a["kernel"], a["hidden"]
+        convs = ("k1", "k2") if kind == "hamiltonian" else ("k",)
+        params: Shapes = {}
+        for step in range(a["steps"]):
+            for conv in convs:
+                inner = half if kind == "hamiltonian" else c
+                params[f"{step}.{conv}.weight"] = (hid, inner, k, k)
+                params[f"{step}.{conv}.bias"] = (hid,)
+        per_conv = 2 * 2 * hid * (half if kind == "hamiltonian" else c) * k * k * h * w
+        return x, params, a["steps"] * len(convs) * per_conv
+
+    return rule
+
+
+RULES: dict[str, Rule] = {
+    "linear": _linear,
+    "conv": _conv,
+    "batchnorm": _batchnorm,
+    "layernorm": _norm(True),
+    "rmsnorm": _norm(False),
+    "maxpool": _pool,
+    "avgpool": _pool,
+    "global_avgpool": _global_avgpool,
+    "flatten": _flatten,
+    "embedding": _embedding,
+    "position_embedding": _position,
+    "attention": _attention,
+    "mlp": _mlp,
+    "hamiltonian": _reversible("hamiltonian"),
+    "midpoint": _reversible("midpoint"),
+    "leapfrog": _reversible("leapfrog"),
+}
+for _kind in ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity", "dropout"):
+    RULES[_kind] = _same
+
+
+def make(
+    kind: str, name: str, path: str, args: dict[str, Any], inp: TensorShape, mark: Mark
+) -> Node:
+    """A leaf node with its output shape, parameter shapes and FLOPs."""
+    args = dict(args)
+    out, params, flops = RULES[kind](args, inp)
+    return Node(kind, name, path, args, inp, out, mark, params=params, flops=flops)

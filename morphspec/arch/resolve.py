@@ -1,0 +1,365 @@
+"""`resolve(spec) -> Arch`: expand templates and repeats, evaluate expressions, name every
+node by the SPEC.md rules and infer shapes, refusing what cannot run with the YAML place."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from morphspec.arch import leaves
+from morphspec.arch.nodes import Arch, Node, TensorShape
+from morphspec.errors import Mark, SpecError, closest
+from morphspec.spec import models as m
+from morphspec.spec.expr import ExprError, Number, evaluate
+from morphspec.spec.yamlpos import Loc
+
+__all__ = ["resolve"]
+
+MAX_TEMPLATE_DEPTH = 32
+
+
+def resolve(spec: m.Spec) -> Arch:
+    """Resolve a loaded spec; raises SpecError naming the file, line and column."""
+    shape = _input_shape(spec)
+    ctx = _Resolver(spec)
+    children = ctx.layers(spec.body, ("body",), dict(spec.vars), shape, "")
+    out = children[-1].out if children else shape
+    root = Node("sequential", "", "", {}, shape, out, spec.mark(()), tuple(children))
+    return Arch(spec, root)
+
+
+def _input_shape(spec: m.Spec) -> TensorShape:
+    dims = tuple(spec.input.shape)
+    where = spec.mark(("input", "shape"))
+    if not dims or any(d <= 0 for d in dims):
+        raise SpecError(f"input shape {list(dims)} must list positive sizes", where)
+    if spec.input.dtype == "int64":
+        if len(dims) != 1:
+            raise SpecError("int64 input is a sequence of token ids: shape [T]", where)
+        return TensorShape(dims, "tokens", "int64")
+    layouts = {1: "vector", 2: "sequence", 3: "image"}
+    if len(dims) not in layouts:
+        raise SpecError(
+            f"input shape {list(dims)}: use [C] (features), [T, C] (a sequence)"
+            " or [C, H, W] (an image)",
+            where,
+        )
+    return TensorShape(dims, layouts[len(dims)])  # type: ignore[arg-type]
+
+
+class _Resolver:
+    def __init__(self, spec: m.Spec):
+        self.spec = spec
+        self.stack: list[str] = []
+
+    def mark(self, loc: Loc, key: bool = False) -> Mark:
+        return self.spec.mark(loc, key)
+
+    # -- numbers ---------------------------------------------------------------------
+    def number(self, value: Any, loc: Loc, env: Mapping[str, Number]) -> Number:
+        if isinstance(value, bool):
+            raise SpecError(f"expected a number, got {value}", self.mark(loc))
+        if isinstance(value, int | float):
+            return value
+        try:
+            return evaluate(str(value), env)
+        except ExprError as exc:
+            raise SpecError(f"in '{value}': {exc}", self.mark(loc)) from None
+
+    def count(self, value: Any, loc: Loc, env: Mapping[str, Number], what: str) -> int:
+        """A positive integer, such as a channel count; show the expression and its value."""
+        got = self.number(value, loc, env)
+        if float(got).is_integer() and got >= 1:
+            return int(got)
+        shown = f"'{value}' = {got}" if isinstance(value, str) else str(got)
+        fix = "wrap it in floor() or round()" if got >= 1 else "check the vars it uses"
+        raise SpecError(f"{what} must be a positive integer, but {shown}; {fix}", self.mark(loc))
+
+    def natural(self, value: Any, loc: Loc, env: Mapping[str, Number], what: str) -> int:
+        got = self.number(value, loc, env)
+        if float(got).is_integer() and got >= 0:
+            return int(got)
+        raise SpecError(f"{what} must be a non-negative integer, got {got}", self.mark(loc))
+
+    def real(self, value: Any, loc: Loc, env: Mapping[str, Number]) -> float:
+        return float(self.number(value, loc, env))
+
+    # -- lists and layers --------------------------------------------------------------
+    def layers(
+        self, body: list[Any], loc: Loc, env: dict[str, Number], shape: TensorShape, prefix: str
+    ) -> list[Node]:
+        nodes: list[Node] = []
+        seen: dict[str, Loc] = {}
+        for i, layer in enumerate(body):
+            here = (*loc, i)
+            name = layer.name if layer.name is not None else str(i)
+            if name in seen:
+                raise SpecError(
+                    f"two layers named '{name}' in one list; names must be unique"
+                    f" (the first is at {self.mark(seen[name])})",
+                    self.mark(here),
+                )
+            if "." in name or not name:
+                raise SpecError(
+                    f"layer name '{name}' must be non-empty without dots", self.mark(here)
+                )
+            seen[name] = here
+            node = self.layer(layer, here, env, shape, name, prefix)
+            nodes.append(node)
+            shape = node.out
+        return nodes
+
+    def layer(
+        self,
+        layer: Any,
+        loc: Loc,
+        env: dict[str, Number],
+        shape: TensorShape,
+        name: str,
+        prefix: str,
+    ) -> Node:
+        path = f"{prefix}.{name}" if prefix else name
+        if isinstance(layer, m.BlockCall):
+            return self.call(layer, loc, env, shape, name, path)
+        if isinstance(layer, m.Sequential):
+            children = self.layers(layer.body, (*loc, "body"), env, shape, path)
+            out = children[-1].out if children else shape
+            return Node("sequential", name, path, {}, shape, out, self.mark(loc), tuple(children))
+        if isinstance(layer, m.Residual):
+            return self.residual(layer, loc, env, shape, name, path)
+        if isinstance(layer, m.Repeat):
+            return self.repeat(layer, loc, env, shape, name, path)
+        args = self.leaf_args(layer, loc, env)
+        try:
+            return leaves.make(layer.op, name, path, args, shape, self.mark(loc))  # type: ignore[attr-defined]
+        except leaves.ShapeError as exc:
+            field = exc.field
+            where = self.mark((*loc, field)) if field else self.mark(loc, key=True)
+            raise SpecError(f"{layer.op} '{path}': {exc}", where) from None  # type: ignore[attr-defined]
+
+    def leaf_args(self, layer: BaseModel, loc: Loc, env: Mapping[str, Number]) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        for field, value in layer:
+            if field in ("op", "name"):
+                continue
+            here = (*loc, field)
+            if value is None or isinstance(value, bool) or field in ("act", "memory"):
+                args[field] = value
+            elif field in leaves.REAL_ARGS:
+                args[field] = self.real(value, here, env)
+            elif field in leaves.COUNT_ARGS:
+                args[field] = self.count(value, here, env, f"'{field}'")
+            else:
+                args[field] = self.natural(value, here, env, f"'{field}'")
+        return args
+
+    def residual(
+        self,
+        layer: m.Residual,
+        loc: Loc,
+        env: dict[str, Number],
+        shape: TensorShape,
+        name: str,
+        path: str,
+    ) -> Node:
+        body = self.layers(layer.body, (*loc, "body"), env, shape, path)
+        if not body:
+            raise SpecError("a residual needs a non-empty body", self.mark(loc))
+        out = body[-1].out
+        sc = layer.shortcut
+        shortcut: Node | None = None
+        needs = out != shape
+        if sc is not None and (sc.when == "always" or needs):
+            sloc: Loc = (*loc, "shortcut")
+            spath = f"{path}.{sc.name}"
+            if sc.body is not None:
+                kids = self.layers(sc.body, (*sloc, "body"), env, shape, spath)
+            else:
+                kids = self.default_shortcut(shape, out, sloc, spath)
+            s_out = kids[-1].out if kids else shape
+            if s_out != out:
+                raise SpecError(
+                    f"residual '{path}': the shortcut gives {s_out} but the body gives {out}",
+                    self.mark(sloc),
+                )
+            shortcut = Node(
+                "sequential", sc.name, spath, {}, shape, s_out, self.mark(sloc), tuple(kids)
+            )
+        elif needs:
+            raise SpecError(
+                f"residual '{path}' sums tensors of unequal shapes: the body gives {out},"
+                f" the input is {shape}; add 'shortcut: {{name: downsample}}' (a projection)"
+                " or make the body keep the shape",
+                self.mark(loc, key=True),
+            )
+        post_layers = (
+            layer.post if isinstance(layer.post, list) else [layer.post] if layer.post else []
+        )
+        post: list[Node] = []
+        single = not isinstance(layer.post, list)
+        p_shape = out
+        for i, p in enumerate(post_layers):
+            ploc: Loc = (*loc, "post") if single else (*loc, "post", i)
+            pname = p.name or ("post" if single else f"post{i}")
+            node = self.layer(p, ploc, env, p_shape, pname, path)
+            post.append(node)
+            p_shape = node.out
+        return Node(
+            "residual", name, path, {}, shape, p_shape, self.mark(loc, key=True),
+            tuple(body), shortcut, tuple(post),
+        )  # fmt: skip
+
+    def default_shortcut(
+        self, inp: TensorShape, out: TensorShape, loc: Loc, path: str
+    ) -> list[Node]:
+        """A 1x1 conv without bias (stride to match) then batchnorm; linear for flat tensors."""
+        mark = self.mark(loc)
+        if inp.layout == "image" and out.layout == "image":
+            strides = [
+                st for st in range(1, inp.dims[1] + 1)
+                if ((inp.dims[1] - 1) // st + 1, (inp.dims[2] - 1) // st + 1) == out.dims[1:]
+            ]  # fmt: skip
+            if not strides:
+                raise SpecError(
+                    f"residual '{path}': no strided 1x1 conv maps {inp} to {out};"
+                    " give the shortcut a body",
+                    mark,
+                )
+            stride = strides[0]
+            conv = leaves.make(
+                "conv", "0", f"{path}.0",
+                {"out": out.channels, "kernel": 1, "stride": stride, "padding": 0,
+                 "dilation": 1, "bias": False},
+                inp, mark,
+            )  # fmt: skip
+            bn = leaves.make(
+                "batchnorm", "1", f"{path}.1", {"eps": 1e-5, "momentum": 0.1}, conv.out, mark
+            )
+            if conv.out != out:
+                raise SpecError(
+                    f"residual '{path}': the default shortcut gives {conv.out}, not {out}", mark
+                )
+            return [conv, bn]
+        if (
+            inp.layout == out.layout
+            and inp.layout in ("vector", "sequence")
+            and inp.dims[:-1] == out.dims[:-1]
+        ):
+            lin = leaves.make(
+                "linear", "0", f"{path}.0", {"out": out.channels, "bias": False}, inp, mark
+            )
+            return [lin]
+        raise SpecError(
+            f"residual '{path}': no default shortcut maps {inp} to {out}; give it a body", mark
+        )
+
+    def repeat(
+        self,
+        layer: m.Repeat,
+        loc: Loc,
+        env: dict[str, Number],
+        shape: TensorShape,
+        name: str,
+        path: str,
+    ) -> Node:
+        times = self.count(layer.times, (*loc, "times"), env, "'times'")
+        copies: list[Node] = []
+        for i in range(times):
+            cname, cpath = str(i), f"{path}.{i}"
+            if layer.body is not None:
+                kids = self.layers(layer.body, (*loc, "body"), env, shape, cpath)
+                out = kids[-1].out if kids else shape
+                node = Node("sequential", cname, cpath, {}, shape, out, self.mark(loc), tuple(kids))
+            else:
+                assert layer.block is not None
+                given = dict(layer.args)
+                locs: dict[str, Loc] = {k: (*loc, "args", k) for k in given}
+                if i == 0:
+                    given.update(layer.first)
+                    locs.update({k: (*loc, "first", k) for k in layer.first})
+                node = self.instantiate(
+                    layer.block, (*loc, "block"), given, locs, env, shape, cname, cpath
+                )
+            copies.append(node)
+            shape = node.out
+        return Node(
+            "repeat",
+            name,
+            path,
+            {"times": times},
+            copies[0].inp,
+            shape,
+            self.mark(loc, key=True),
+            tuple(copies),
+        )
+
+    def call(
+        self,
+        layer: m.BlockCall,
+        loc: Loc,
+        env: dict[str, Number],
+        shape: TensorShape,
+        name: str,
+        path: str,
+    ) -> Node:
+        given = {k: v for k, v in (layer.model_extra or {}).items()}
+        locs: dict[str, Loc] = {k: (*loc, k) for k in given}
+        return self.instantiate(layer.op, (*loc, "op"), given, locs, env, shape, name, path)
+
+    def instantiate(
+        self,
+        block: str,
+        loc: Loc,
+        given: Mapping[str, Any],
+        locs: Mapping[str, Loc],
+        env: dict[str, Number],
+        shape: TensorShape,
+        name: str,
+        path: str,
+    ) -> Node:
+        template = self.spec.blocks.get(block)
+        if template is None:
+            known = [*m.LAYER_KINDS, *self.spec.blocks]
+            raise SpecError(
+                f"unknown layer kind or block '{block}'{closest(block, known)}", self.mark(loc)
+            )
+        if block in self.stack or len(self.stack) > MAX_TEMPLATE_DEPTH:
+            raise SpecError(
+                f"block '{block}' uses itself: {' -> '.join([*self.stack, block])}", self.mark(loc)
+            )
+        inner: dict[str, Number] = dict(self.spec.vars)
+        for key, default in template.args.items():
+            if key not in given and default == "required":
+                raise SpecError(f"block '{block}' needs the argument '{key}'", self.mark(loc))
+        for key, value in given.items():
+            if key not in template.args:
+                raise SpecError(
+                    f"block '{block}' has no argument '{key}'{closest(key, template.args)}"
+                    f" (its args: {', '.join(template.args) or 'none'})",
+                    self.mark(locs[key], key=True),
+                )
+            inner[key] = value if isinstance(value, bool) else self.number(value, locs[key], env)
+        tloc: Loc = ("blocks", block)
+        for key, default in template.args.items():
+            if key not in given:
+                inner[key] = (
+                    default
+                    if isinstance(default, bool)
+                    else self.number(default, (*tloc, "args", key), inner)
+                )
+        self.stack.append(block)
+        try:
+            node = self.layer(
+                template.layer, (*tloc, "layer"), inner, shape, name, path.rpartition(".")[0]
+            )
+        finally:
+            self.stack.pop()
+        return _with_block(node, block)
+
+
+def _with_block(node: Node, block: str) -> Node:
+    from dataclasses import replace
+
+    return replace(node, block=block)

@@ -1,4 +1,4 @@
-"""morphspec: declare networks in YAML and grow trained checkpoints without changing their function."""
+"""morphspec: declare networks in YAML and grow trained checkpoints, keeping their function."""
 
 from morphspec.api import build, load, load_spec, resolve, save
 from morphspec.arch import Arch

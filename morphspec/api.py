@@ -21,21 +21,21 @@ if TYPE_CHECKING:
 __all__ = ["build", "load", "load_spec", "resolve", "save"]
 
 
-def _arch(spec_or_path: Spec | Arch | str | Path, set: SetArg = None) -> Arch:  # noqa: A002
+def _arch(spec_or_path: Spec | Arch | str | Path, set: SetArg = None) -> Arch:
     if isinstance(spec_or_path, Arch):
         return spec_or_path
     spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path, set)
     return resolve(spec)
 
 
-def build(spec_or_path: Spec | Arch | str | Path, set: SetArg = None) -> nn.Module:  # noqa: A002
+def build(spec_or_path: Spec | Arch | str | Path, set: SetArg = None) -> nn.Module:
     """The torch model of a spec, randomly initialised by torch's defaults, in eval mode."""
     from morphspec.build import build_arch
 
     return build_arch(_arch(spec_or_path, set))
 
 
-def load(spec_path: str | Path, checkpoint_path: str | Path, set: SetArg = None) -> nn.Module:  # noqa: A002
+def load(spec_path: str | Path, checkpoint_path: str | Path, set: SetArg = None) -> nn.Module:
     """The model of `spec_path` with the weights of `checkpoint_path`, strictly matched.
 
     Every missing, unexpected or mis-shaped key is listed by name in the error.
@@ -47,7 +47,7 @@ def load(spec_path: str | Path, checkpoint_path: str | Path, set: SetArg = None)
     model = build_arch(arch)
     with CheckpointReader(checkpoint_path) as reader:
         check_keys(reader, arch.state_shapes(), str(spec_path))
-        state = {k: reader.get(k) for k in reader.keys()}
+        state = {k: reader.get(k) for k in reader}
     model.load_state_dict(state, strict=True)
     return model
 

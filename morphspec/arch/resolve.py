@@ -133,11 +133,11 @@ class _Resolver:
             return self.repeat(layer, loc, env, shape, name, path)
         args = self.leaf_args(layer, loc, env)
         try:
-            return leaves.make(layer.op, name, path, args, shape, self.mark(loc))  # type: ignore[attr-defined]
+            return leaves.make(layer.op, name, path, args, shape, self.mark(loc))
         except leaves.ShapeError as exc:
             field = exc.field
             where = self.mark((*loc, field)) if field else self.mark(loc, key=True)
-            raise SpecError(f"{layer.op} '{path}': {exc}", where) from None  # type: ignore[attr-defined]
+            raise SpecError(f"{layer.op} '{path}': {exc}", where) from None
 
     def leaf_args(self, layer: BaseModel, loc: Loc, env: Mapping[str, Number]) -> dict[str, Any]:
         args: dict[str, Any] = {}

@@ -67,7 +67,7 @@ BUILDERS: dict[str, Builder] = {
         n.args["padding"],
         n.args["dilation"],
         bias=n.args["bias"],
-    ),  # fmt: skip
+    ),
     "batchnorm": _norm_1d_2d,
     "layernorm": lambda n: nn.LayerNorm(n.inp.channels, eps=n.args["eps"], bias=n.args["bias"]),
     "rmsnorm": lambda n: L.RMSNorm(n.inp.channels, eps=n.args["eps"]),

@@ -203,8 +203,26 @@ def _tag(value: Any) -> str:
 
 
 Layer = Annotated[
-    Union[  # noqa: UP007 (a forward-referenced union needs typing.Union)
-        tuple(Annotated[m, Tag(m.__name__)] for m in {*_KINDS.values(), BlockCall})  # type: ignore[misc]
+    Union[  # noqa: UP007 (forward references need typing.Union)
+        Annotated[Linear, Tag("Linear")],
+        Annotated[Conv, Tag("Conv")],
+        Annotated[BatchNorm, Tag("BatchNorm")],
+        Annotated[LayerNorm, Tag("LayerNorm")],
+        Annotated[RMSNorm, Tag("RMSNorm")],
+        Annotated[Act, Tag("Act")],
+        Annotated[LeakyRelu, Tag("LeakyRelu")],
+        Annotated[Pool, Tag("Pool")],
+        Annotated[Reshape, Tag("Reshape")],
+        Annotated[Dropout, Tag("Dropout")],
+        Annotated[Embedding, Tag("Embedding")],
+        Annotated[PositionEmbedding, Tag("PositionEmbedding")],
+        Annotated[Attention, Tag("Attention")],
+        Annotated[Mlp, Tag("Mlp")],
+        Annotated[Sequential, Tag("Sequential")],
+        Annotated[Residual, Tag("Residual")],
+        Annotated[Repeat, Tag("Repeat")],
+        Annotated[Reversible, Tag("Reversible")],
+        Annotated[BlockCall, Tag("BlockCall")],
     ],
     Discriminator(_tag),
 ]
@@ -247,12 +265,14 @@ class Spec(BaseModel):
         """The YAML place of the value (or key) at `loc`, for error messages."""
         if self._source is None:
             return Mark(self._path)
-        return self._source.mark(loc, key)  # type: ignore[no-any-return]
+        mark: Mark = self._source.mark(loc, key)
+        return mark
 
     def resolved_json(self) -> str:
         """The spec after `extends` and `--set`, as stored in checkpoint headers."""
         return self.model_dump_json(exclude={"extends"}, exclude_defaults=False)
 
 
-for _m in (*_KINDS.values(), BlockDef, Sequential, Residual, Shortcut, Repeat, Spec):
+_MODELS: tuple[type[BaseModel], ...] = (*_KINDS.values(), BlockDef, Shortcut, Spec)
+for _m in _MODELS:
     _m.model_rebuild()

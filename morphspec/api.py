@@ -35,7 +35,9 @@ def build(spec_or_path: Spec | Arch | str | Path, set: SetArg = None) -> nn.Modu
     return build_arch(_arch(spec_or_path, set))
 
 
-def load(spec_path: str | Path, checkpoint_path: str | Path, set: SetArg = None) -> nn.Module:
+def load(
+    spec_path: Spec | Arch | str | Path, checkpoint_path: str | Path, set: SetArg = None
+) -> nn.Module:
     """The model of `spec_path` with the weights of `checkpoint_path`, strictly matched.
 
     Every missing, unexpected or mis-shaped key is listed by name in the error.

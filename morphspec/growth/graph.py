@@ -1,0 +1,243 @@
+"""Channel spaces: the tensor dimensions that must grow together.
+
+A channel space is a set of tensor edges that share one channel dimension. Channel-wise
+ops (bias, batchnorm, activations, pooling, dropout) keep their input's space; a residual
+sum joins the spaces of its two operands, so a stage's stream (shortcut included) is one
+space. Each space knows the tensor dimensions that touch it:
+
+- producers: rows that write it (a linear or conv weight's dim 0, their bias, an embedding's
+  dim 1, an mlp's `down_proj` rows);
+- consumers: columns that read it (dim 1 of linear and conv weights, attention and mlp
+  input projections), with `mult` features per channel where a `flatten` turned a [C, H, W]
+  tensor into C*H*W features (channel-major, so channel c owns columns c*H*W ... c*H*W+H*W-1);
+- channel-wise parameters (batchnorm weight, bias and running stats, norm gains).
+
+This is the inverse of structural pruning's dependency groups: pruning removes a coupled
+group of rows and columns; growth appends one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from morphspec.arch.nodes import Arch, Node
+
+__all__ = ["ChannelSpace", "Role", "SpaceGraph", "space_graph"]
+
+RoleKind = Literal["producer", "consumer", "channel"]
+
+# Ops that act on each channel separately, so equal channels stay equal (R2R's MCD).
+CHANNEL_WISE = frozenset(
+    {"relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity", "dropout",
+     "batchnorm", "maxpool", "avgpool"}
+)  # fmt: skip
+# Ops whose output is non-negative, and ops that keep a non-negative input non-negative.
+NONNEG_OUT = frozenset({"relu", "sigmoid"})
+KEEPS_NONNEG = frozenset({"maxpool", "avgpool", "global_avgpool", "dropout", "identity", "flatten"})
+# Norms that mix channels through their statistics: pairs of ±v channels change them.
+MIXING_NORMS = frozenset({"layernorm", "rmsnorm"})
+
+
+@dataclass(frozen=True)
+class Role:
+    """One dimension of one state_dict tensor that lies in a channel space."""
+
+    key: str
+    dim: int
+    kind: RoleKind
+    node: str
+    mult: int = 1
+
+
+@dataclass
+class ChannelSpace:
+    """A coupled channel dimension: its edges, size and every tensor dimension it touches."""
+
+    id: int
+    size: int
+    edges: list[str] = field(default_factory=list)
+    roles: list[Role] = field(default_factory=list)
+    mixing_norms: list[str] = field(default_factory=list)
+    is_input: bool = False
+    is_output: bool = False
+
+    @property
+    def label(self) -> str:
+        """A readable name: the first edge that a layer writes."""
+        named = [e for e in self.edges if e != "input"]
+        return named[0] if named else "input"
+
+    def producers(self) -> list[Role]:
+        return [r for r in self.roles if r.kind == "producer"]
+
+    def consumers(self) -> list[Role]:
+        return [r for r in self.roles if r.kind == "consumer"]
+
+
+@dataclass
+class SpaceGraph:
+    """Every channel space of an Arch, and for each tensor the spaces of its dimensions."""
+
+    spaces: list[ChannelSpace]
+    edge_space: dict[str, int]
+    tensor_roles: dict[str, list[tuple[Role, int]]]
+    residual_input_nonneg: dict[str, bool]
+
+    def space_of_edge(self, edge: str) -> ChannelSpace:
+        return self.spaces[self.edge_space[edge]]
+
+    def roles(self, key: str) -> Iterator[tuple[Role, ChannelSpace]]:
+        for role, sid in self.tensor_roles.get(key, []):
+            yield role, self.spaces[sid]
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def add(self, x: str) -> None:
+        self.parent.setdefault(x, x)
+
+    def find(self, x: str) -> str:
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+@dataclass
+class _Pending:
+    role: Role
+    edge: str
+
+
+class _Builder:
+    """Walks the Arch forward, naming each tensor edge by the node that wrote it."""
+
+    def __init__(self) -> None:
+        self.uf = _UnionFind()
+        self.size: dict[str, int] = {}
+        self.pending: list[_Pending] = []
+        self.norms: list[tuple[str, str]] = []
+        self.nonneg: dict[str, bool] = {}
+        self.residual_in_nonneg: dict[str, bool] = {}
+
+    def edge(self, name: str, size: int, nonneg: bool = False) -> str:
+        self.uf.add(name)
+        self.size[name] = size
+        self.nonneg[name] = nonneg
+        return name
+
+    def role(
+        self, node: Node, local: str, dim: int, kind: RoleKind, edge: str, mult: int = 1
+    ) -> None:
+        self.pending.append(_Pending(Role(node.key(local), dim, kind, node.path, mult), edge))
+
+    def walk(self, node: Node, edge: str, mult: int) -> tuple[str, int]:
+        kind = node.kind
+        if kind in ("sequential", "repeat"):
+            for child in node.children:
+                edge, mult = self.walk(child, edge, mult)
+            return edge, mult
+        if kind == "residual":
+            return self.residual(node, edge, mult)
+        nonneg = self.nonneg.get(edge, False)
+        if kind in CHANNEL_WISE or kind in MIXING_NORMS or kind == "position_embedding":
+            dim = 1 if kind == "position_embedding" else 0
+            for local in node.params:
+                if local != "num_batches_tracked":
+                    self.role(node, local, dim, "channel", edge, mult)
+            if kind in MIXING_NORMS:
+                self.norms.append((node.path, edge))
+            self.nonneg[edge] = kind in NONNEG_OUT or (kind in KEEPS_NONNEG and nonneg)
+            return edge, mult
+        if kind == "global_avgpool":
+            return edge, mult
+        if kind == "flatten":
+            if node.inp.layout == "image":
+                return edge, mult * node.inp.dims[1] * node.inp.dims[2]
+            if node.inp.layout == "vector":
+                return edge, mult
+            out = self.edge(node.path, node.out.channels)  # a [T, C] flatten interleaves channels
+            return out, 1
+        out = self.edge(node.path, node.out.channels if node.out.layout != "tokens" else 0)
+        if kind in ("linear", "conv"):
+            self.role(node, "weight", 1, "consumer", edge, mult)
+            self.role(node, "weight", 0, "producer", out)
+            if "bias" in node.params:
+                self.role(node, "bias", 0, "producer", out)
+        elif kind == "embedding":
+            self.role(node, "weight", 1, "producer", out)
+        elif kind == "mlp":
+            hidden = self.edge(f"{node.path}.hidden", node.args["hidden"])
+            for proj in ("up_proj", "gate_proj"):
+                if f"{proj}.weight" in node.params:
+                    self.role(node, f"{proj}.weight", 1, "consumer", edge, mult)
+                    self.role(node, f"{proj}.weight", 0, "producer", hidden)
+                    if f"{proj}.bias" in node.params:
+                        self.role(node, f"{proj}.bias", 0, "producer", hidden)
+            self.role(node, "down_proj.weight", 1, "consumer", hidden)
+            self.role(node, "down_proj.weight", 0, "producer", out)
+            if "down_proj.bias" in node.params:
+                self.role(node, "down_proj.bias", 0, "producer", out)
+        elif kind == "attention":
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                self.role(node, f"{proj}.weight", 1, "consumer", edge, mult)
+            self.role(node, "o_proj.weight", 0, "producer", out)
+            if "o_proj.bias" in node.params:
+                self.role(node, "o_proj.bias", 0, "producer", out)
+        return out, 1
+
+    def residual(self, node: Node, edge: str, mult: int) -> tuple[str, int]:
+        in_nonneg = self.nonneg.get(edge, False)
+        self.residual_in_nonneg[node.path] = in_nonneg
+        inner, imult = edge, mult
+        for child in node.children:
+            inner, imult = self.walk(child, inner, imult)
+        if node.shortcut is None:
+            self.uf.union(edge, inner)
+            joined = in_nonneg and self.nonneg.get(inner, False)
+        else:
+            short, _ = self.walk(node.shortcut, edge, mult)
+            self.uf.union(short, inner)
+            joined = self.nonneg.get(short, False) and self.nonneg.get(inner, False)
+        self.nonneg[inner] = joined
+        for post in node.post:
+            inner, imult = self.walk(post, inner, imult)
+        return inner, imult
+
+
+def space_graph(arch: Arch) -> SpaceGraph:
+    """The channel spaces of `arch`; space ids are stable for a given Arch."""
+    b = _Builder()
+    first = "input"
+    b.edge(first, arch.input.channels if arch.input.layout != "tokens" else 0)
+    last, _ = b.walk(arch.root, first, 1)
+    roots: dict[str, int] = {}
+    spaces: list[ChannelSpace] = []
+    edge_space: dict[str, int] = {}
+    for name in b.size:
+        root = b.uf.find(name)
+        if root not in roots:
+            roots[root] = len(spaces)
+            spaces.append(ChannelSpace(len(spaces), b.size[name]))
+        sid = roots[root]
+        spaces[sid].edges.append(name)
+        edge_space[name] = sid
+    tensor_roles: dict[str, list[tuple[Role, int]]] = {}
+    for p in b.pending:
+        sid = edge_space[p.edge]
+        spaces[sid].roles.append(p.role)
+        tensor_roles.setdefault(p.role.key, []).append((p.role, sid))
+    for path, edge in b.norms:
+        spaces[edge_space[edge]].mixing_norms.append(path)
+    spaces[edge_space[first]].is_input = True
+    spaces[edge_space[last]].is_output = True
+    return SpaceGraph(spaces, edge_space, tensor_roles, dict(b.residual_in_nonneg))

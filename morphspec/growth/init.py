@@ -1,0 +1,84 @@
+"""The scale and the randomness of free parameters (the U, c and Z of the growth rule).
+
+A uniform draw with standard deviation s is `U(-√3·s, √3·s)`: the variance of U(-a, a)
+is a²/3, so a = √3·s. (The R2R paper writes U(-s/√3, s/√3), whose standard deviation is
+s/3; that is a slip.) `match` takes s from the existing weights of the same tensor, or of
+the same tensor in the previous block for a new block, as the R2R paper does (its
+appendix E shows He-scaled new weights destabilise training); `he` uses √(2 / fan_in).
+
+Every tensor gets its own generator, seeded from the user's seed and the tensor's key,
+so the output does not depend on the order tensors are written or on sharding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Literal
+
+import torch
+
+__all__ = ["InitMode", "generator", "he_std", "std_of", "tensor_std", "uniform_into"]
+
+CHUNK = 1 << 22  # elements per float64 work buffer: 32 MB
+
+InitMode = Literal["match", "he"]
+
+
+def generator(seed: int, key: str, salt: str = "") -> torch.Generator:
+    """A generator whose stream depends only on (seed, key, salt)."""
+    digest = hashlib.sha256(f"{seed}\0{key}\0{salt}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def uniform_into(x: torch.Tensor, std: float, gen: torch.Generator) -> None:
+    """Fill `x` in place with U(-√3·std, √3·std), drawn in float64 chunk by chunk and cast,
+    so a large tensor never needs a float64 copy of itself."""
+    flat = x.view(-1)
+    bound = math.sqrt(3.0) * std
+    for start in range(0, flat.numel(), CHUNK):
+        n = min(CHUNK, flat.numel() - start)
+        draw = torch.rand(n, generator=gen, dtype=torch.float64).mul_(2).sub_(1).mul_(bound)
+        flat[start : start + n].copy_(draw)
+
+
+def std_of(t: torch.Tensor) -> float:
+    """The standard deviation of `t` in float64, two passes over chunks (no full copy)."""
+    flat = t.reshape(-1)
+    n = flat.numel()
+    if n < 2:
+        return 0.0
+    total = 0.0
+    for start in range(0, n, CHUNK):
+        total += float(flat[start : start + CHUNK].double().sum())
+    mean = total / n
+    sq = 0.0
+    for start in range(0, n, CHUNK):
+        sq += float(flat[start : start + CHUNK].double().sub_(mean).square_().sum())
+    return math.sqrt(sq / (n - 1))
+
+
+def he_std(shape: tuple[int, ...]) -> float:
+    """√(2 / fan_in) for a weight of `shape` (rows are outputs; 1-D tensors get 0)."""
+    if len(shape) < 2:
+        return 0.0
+    fan_in = math.prod(shape[1:])
+    return math.sqrt(2.0 / fan_in) if fan_in else 0.0
+
+
+def tensor_std(
+    existing: torch.Tensor | None, shape: tuple[int, ...], mode: InitMode, scale: float
+) -> float:
+    """The standard deviation for the new entries of a tensor of `shape`.
+
+    `existing` is the teacher's tensor (or the previous block's for a new block). With
+    `match`, a missing or constant weight falls back to He; a bias keeps its spread (0 when
+    the existing biases are all equal, so new biases start at 0).
+    """
+    if mode == "match" and existing is not None and existing.numel() > 1:
+        s = std_of(existing)
+        if s > 0 or len(shape) < 2:
+            return s * scale
+    if mode == "match" and existing is not None and len(shape) < 2:
+        return 0.0
+    return he_std(shape) * scale

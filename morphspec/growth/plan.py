@@ -1,0 +1,262 @@
+"""`diff(teacher, student) -> Plan`: what growing the teacher into the student means.
+
+Nodes match by path. A Plan lists typed operations (widen a channel space, append
+`repeat` copies, add a projection shortcut) and is plain data: printable, JSON, testable
+without tensors. Anything else (a removed or renamed layer, a narrower width, a changed
+kind, stride or kernel, a different input or output) is refused with both YAML places.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from morphspec.arch.nodes import Arch, Node
+from morphspec.errors import PlanRefused, Problem
+from morphspec.growth.graph import SpaceGraph, space_graph
+
+__all__ = ["AddProjection", "InsertBlocks", "Plan", "WidenSpace", "diff"]
+
+GROWABLE = {"out", "hidden", "dim", "times"}
+IGNORED = {"momentum"}  # training-time only: never changes what eval mode computes
+
+
+@dataclass(frozen=True)
+class WidenSpace:
+    """Widen one channel space from `old` to `new` channels: `pairs` (L, R) pairs, then
+    `odd` (0 or 1) unpaired channel."""
+
+    space: str
+    old: int
+    new: int
+    pairs: int
+    odd: int
+    edges: tuple[str, ...]
+    op: str = "widen"
+
+
+@dataclass(frozen=True)
+class InsertBlocks:
+    """Append copies `old_times ... new_times-1` to the repeat at `repeat`."""
+
+    repeat: str
+    old_times: int
+    new_times: int
+    blocks: tuple[str, ...]
+    op: str = "insert_blocks"
+
+
+@dataclass(frozen=True)
+class AddProjection:
+    """The student's residual has a projection shortcut where the teacher's was the identity."""
+
+    residual: str
+    shortcut: str
+    op: str = "add_projection"
+
+
+Op = WidenSpace | InsertBlocks | AddProjection
+
+
+@dataclass
+class Plan:
+    """The operations that turn `teacher` into `student`, plus what the families need."""
+
+    teacher: Arch
+    student: Arch
+    ops: list[Op]
+    graph: SpaceGraph
+    teacher_size: dict[int, int]
+    new_blocks: dict[str, int] = field(default_factory=dict)
+    projections: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def widens(self) -> list[WidenSpace]:
+        return [op for op in self.ops if isinstance(op, WidenSpace)]
+
+    @property
+    def inserts(self) -> list[InsertBlocks]:
+        return [op for op in self.ops if isinstance(op, InsertBlocks)]
+
+    def new_block_of(self, key: str) -> str | None:
+        """The appended repeat copy that holds `key`, if any."""
+        for block in self.new_blocks:
+            if key.startswith(block + "."):
+                return block
+        return None
+
+    def reference_key(self, key: str) -> str | None:
+        """For a tensor of an appended block: the same tensor in the teacher's last copy."""
+        block = self.new_block_of(key)
+        if block is None:
+            return None
+        repeat, _, _ = block.rpartition(".")
+        last = self.new_blocks[block]
+        ref = f"{repeat}.{last}{key[len(block) :]}"
+        return ref if ref in self.teacher.state_shapes() else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "teacher": self.teacher.name,
+            "student": self.student.name,
+            "params_before": self.teacher.trainable_count(),
+            "params_after": self.student.trainable_count(),
+            "ops": [_op_json(op) for op in self.ops],
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+
+
+def _op_json(op: Op) -> dict[str, Any]:
+    out = asdict(op)
+    for k, v in out.items():
+        if isinstance(v, tuple):
+            out[k] = list(v)
+    return out
+
+
+def _where(t: Node, s: Node) -> str:
+    return f"teacher {t.mark}, student {s.mark}"
+
+
+def diff(teacher: Arch, student: Arch) -> Plan:
+    """Match `student` against `teacher`; raise PlanRefused listing every problem."""
+    problems: list[Problem] = []
+    t_nodes = {n.path: n for n in teacher.nodes()}
+    s_nodes = {n.path: n for n in student.nodes()}
+    ops: list[Op] = []
+    new_blocks: dict[str, int] = {}
+    projections: dict[str, str] = {}
+    allowed_new: list[str] = []
+
+    if teacher.input != student.input:
+        problems.append(Problem(
+            f"the input changes from {teacher.input} ({teacher.input.dtype}) to"
+            f" {student.input} ({student.input.dtype}); growth keeps the input",
+            student.spec.mark(("input",)),
+        ))  # fmt: skip
+    if teacher.output != student.output:
+        problems.append(Problem(
+            f"the output changes from {teacher.output} to {student.output}; growth keeps what"
+            " the network outputs (its last layer's width)",
+            student.spec.mark(("body",)),
+        ))  # fmt: skip
+    for path, t in t_nodes.items():
+        s = s_nodes.get(path)
+        if s is None:
+            problems.append(Problem(
+                f"the student has no layer '{path}' (teacher {t.mark}); growth cannot remove"
+                " or rename layers",
+                student.spec.mark(("body",)),
+            ))  # fmt: skip
+            continue
+        if s.kind != t.kind:
+            problems.append(Problem(
+                f"'{path}' is a {t.kind} in the teacher and a {s.kind} in the student"
+                f" ({_where(t, s)}); growth cannot change a layer's kind",
+                s.mark,
+            ))  # fmt: skip
+            continue
+        problems.extend(_compare_args(t, s))
+        if t.kind == "repeat" and s.args["times"] > t.args["times"]:
+            blocks = tuple(c.path for c in s.children[t.args["times"] :])
+            ops.append(InsertBlocks(path, t.args["times"], s.args["times"], blocks))
+            for b in blocks:
+                new_blocks[b] = t.args["times"] - 1
+            allowed_new.extend(blocks)
+        if t.kind == "residual":
+            if t.shortcut is None and s.shortcut is not None:
+                ops.append(AddProjection(path, s.shortcut.path))
+                projections[s.shortcut.path] = path
+                allowed_new.append(s.shortcut.path)
+            elif t.shortcut is not None and s.shortcut is None:
+                problems.append(Problem(
+                    f"residual '{path}' has a projection shortcut in the teacher but the"
+                    f" identity in the student ({_where(t, s)}); growth cannot remove it",
+                    s.mark,
+                ))  # fmt: skip
+    for path, s in s_nodes.items():
+        if path in t_nodes or any(path == a or path.startswith(a + ".") for a in allowed_new):
+            continue
+        parent = path.rpartition(".")[0]
+        if parent in t_nodes or parent == "":
+            problems.append(Problem(
+                f"the student adds layer '{path}', which is not a new copy of a repeat; grow"
+                " depth by raising a repeat's 'times' (new copies are appended)",
+                s.mark,
+            ))  # fmt: skip
+    if problems:
+        raise PlanRefused(problems)
+
+    graph = space_graph(student)
+    t_graph = space_graph(teacher)
+    teacher_size = _match_spaces(teacher, student, graph, t_graph)
+    widens: list[Op] = []
+    for space in graph.spaces:
+        old = teacher_size[space.id]
+        if old and space.size > old:
+            extra = space.size - old
+            edges = tuple(e for e in space.edges if e in t_graph.edge_space)
+            widens.append(WidenSpace(space.label, old, space.size, extra // 2, extra % 2, edges))
+    ops = widens + ops
+    return Plan(teacher, student, ops, graph, teacher_size, new_blocks, projections)
+
+
+def _compare_args(t: Node, s: Node) -> list[Problem]:
+    problems = []
+    for name, tv in t.args.items():
+        sv = s.args.get(name)
+        if sv == tv or name in IGNORED:
+            continue
+        if name in GROWABLE and isinstance(tv, int) and isinstance(sv, int):
+            if sv < tv:
+                problems.append(Problem(
+                    f"'{t.path}': {name} shrinks from {tv} to {sv} ({_where(t, s)});"
+                    " growth only widens and deepens",
+                    s.mark,
+                ))  # fmt: skip
+            continue
+        why = ""
+        if name == "kernel":
+            why = "; growing a kernel is NetMorph's kernel morph (--family netmorph)"
+        problems.append(Problem(
+            f"'{t.path}': {name} changes from {tv} to {sv} ({_where(t, s)}){why};"
+            " only widths and repeat counts may change",
+            s.mark,
+        ))  # fmt: skip
+    return problems
+
+
+def _match_spaces(
+    teacher: Arch, student: Arch, graph: SpaceGraph, t_graph: SpaceGraph
+) -> dict[int, int]:
+    """The teacher's size of every student space (0 for spaces of new blocks)."""
+    sizes: dict[int, int] = {}
+    problems: list[Problem] = []
+    for space in graph.spaces:
+        t_ids = {t_graph.edge_space[e] for e in space.edges if e in t_graph.edge_space}
+        if len(t_ids) > 1:
+            problems.append(Problem(
+                f"the student joins channel spaces that the teacher keeps apart (at"
+                f" {space.label}); a residual sum was added between layers of unequal width",
+                student.spec.mark(("body",)),
+            ))  # fmt: skip
+            continue
+        sizes[space.id] = t_graph.spaces[t_ids.pop()].size if t_ids else 0
+    t_shapes = teacher.state_shapes()
+    for space in graph.spaces:
+        a = sizes.get(space.id, 0)
+        for role in space.roles:
+            tshape = t_shapes.get(role.key)
+            if tshape is not None and tshape[role.dim] != a * role.mult:
+                problems.append(Problem(
+                    f"'{role.key}' reads or writes channel space '{space.label}' with"
+                    f" {tshape[role.dim]} entries in the teacher, but the space had"
+                    f" {a} channels there; the student's structure does not extend the teacher's",
+                    student.spec.mark(("body",)),
+                ))  # fmt: skip
+    if problems:
+        raise PlanRefused(problems)
+    return sizes

@@ -167,6 +167,7 @@ class _Resolver:
         body = self.layers(layer.body, (*loc, "body"), env, shape, path)
         if not body:
             raise SpecError("a residual needs a non-empty body", self.mark(loc))
+        self.unique_residual_names(layer, loc, body)
         out = body[-1].out
         sc = layer.shortcut
         shortcut: Node | None = None
@@ -210,6 +211,29 @@ class _Resolver:
             "residual", name, path, {}, shape, p_shape, self.mark(loc, key=True),
             tuple(body), shortcut, tuple(post),
         )  # fmt: skip
+
+    def unique_residual_names(self, layer: m.Residual, loc: Loc, body: list[Node]) -> None:
+        """Body, shortcut and post layers share the residual's key prefix: names must differ."""
+        seen: dict[str, Loc] = {n.name: (*loc, "body", i) for i, n in enumerate(body)}
+        named: list[tuple[str, Loc]] = []
+        if layer.shortcut is not None:
+            named.append((layer.shortcut.name, (*loc, "shortcut")))
+        if isinstance(layer.post, list):
+            named += [(p.name or f"post{i}", (*loc, "post", i)) for i, p in enumerate(layer.post)]
+        elif layer.post is not None:
+            named.append((layer.post.name or "post", (*loc, "post")))
+        for name, here in named:
+            if "." in name or not name:
+                raise SpecError(
+                    f"layer name '{name}' must be non-empty without dots", self.mark(here)
+                )
+            if name in seen:
+                raise SpecError(
+                    f"two layers named '{name}' in one residual (body, shortcut and post share"
+                    f" its keys); the first is at {self.mark(seen[name])}",
+                    self.mark(here),
+                )
+            seen[name] = here
 
     def default_shortcut(
         self, inp: TensorShape, out: TensorShape, loc: Loc, path: str

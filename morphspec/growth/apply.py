@@ -42,7 +42,7 @@ def student_entries(plan: Plan, family: R2R, reader: CheckpointReader) -> list[T
 
 def _producer(
     family: R2R, reader: CheckpointReader, key: str, ref: str | None, dtype: torch.dtype, old: bool
-') -> Callable[[], torch.Tensor]:
+) -> Callable[[], torch.Tensor]:
     def produce() -> torch.Tensor:
         teacher = reader.get(key) if old else None
         if teacher is not None and tuple(teacher.shape) == family.plan.student.state_shapes()[key]:

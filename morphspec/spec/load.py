@@ -61,7 +61,7 @@ def load_spec(path: str | Path, set: SetArg = None) -> Spec:
     try:
         spec = Spec.model_validate(doc.data)
     except ValidationError as exc:
-        raise SpecError([_problem(doc, err) for err in exc.errors()]) from None
+        raise SpecError([_problem(doc, err) for err in _useful(doc, exc.errors())]) from None
     spec._source = doc
     spec._path = str(path)
     return spec
@@ -85,6 +85,9 @@ def _load_merged(path: Path, chain: list[Path]) -> Located:
             " the path is relative to this spec)",
             doc.mark(("extends",)),
         )
+    if parent_path.resolve() in (*chain, resolved):
+        cycle = " -> ".join(str(p) for p in [*chain, resolved, parent_path.resolve()])
+        raise SpecError(f"'extends' forms a cycle: {cycle}", doc.mark(("extends",)))
     parent = _load_merged(parent_path, [*chain, resolved])
     return _merge(parent, doc)
 
@@ -116,6 +119,61 @@ def _merge(parent: Located, child: Located) -> Located:
     return out
 
 
+# Type mismatches: when a value may take several forms (a union), pydantic reports one per
+# form it is not. They are merged into one problem, or dropped where another form's error
+# deeper inside the same value says what is wrong.
+_MISMATCH = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "an expression string",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _data_loc(data: Any, parts: list[Any]) -> tuple[Any, ...]:
+    """The part of a pydantic location that names keys and indices present in `data`."""
+    loc: list[Any] = []
+    for part in parts:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            continue
+        loc.append(part)
+    return tuple(loc)
+
+
+def _useful(doc: Located, errors: list[Any]) -> list[Any]:
+    real = [_data_loc(doc.data, list(e["loc"])) for e in errors if e["type"] not in _MISMATCH]
+    out: list[Any] = []
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for err in errors:
+        if err["type"] not in _MISMATCH:
+            out.append(err)
+            continue
+        here = _data_loc(doc.data, list(err["loc"]))
+        if any(r[: len(here)] == here for r in real):
+            continue
+        wanted = _MISMATCH[err["type"]]
+        if here in merged:
+            if wanted not in merged[here]["wanted"]:
+                merged[here]["wanted"].append(wanted)
+            continue
+        merged[here] = {**err, "loc": here, "wanted": [wanted]}
+        out.append(merged[here])
+    for err in merged.values():
+        if len(err["wanted"]) > 1:
+            *first, last = err["wanted"]
+            err["msg"] = f"expected {', '.join(first)} or {last}, got {err['input']!r}"
+    return out
+
+
 def _problem(doc: Located, err: Any) -> Problem:
     """Map a pydantic error to the YAML place, dropping union tags from its location."""
     loc: list[str | int] = []
@@ -126,8 +184,8 @@ def _problem(doc: Located, err: Any) -> Problem:
             if part in data:
                 loc.append(part)
                 data = data[part]
-            elif i == len(parts) - 1:
-                loc.append(part)
+            elif i == len(parts) - 1 and err["type"] == "missing":
+                loc.append(part)  # the missing key (a union tag is dropped)
         elif isinstance(data, list) and isinstance(part, int) and part < len(data):
             loc.append(part)
             data = data[part]
@@ -144,7 +202,8 @@ def _problem(doc: Located, err: Any) -> Problem:
         return Problem(f"'{loc[-1]}' is required here ({where})", doc.mark(tuple(loc[:-1])))
     if kind == "literal_error" and loc and loc[-1] == "op":
         return Problem(f"unknown layer kind ({err['msg']})", doc.mark(tuple(loc)))
-    return Problem(f"{where}: {err['msg']}", doc.mark(tuple(loc)))
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return Problem(f"{where}: {msg}", doc.mark(tuple(loc)))
 
 
 def _at(data: Any, loc: list[str | int]) -> Any:

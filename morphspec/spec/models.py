@@ -11,7 +11,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    Tag,
+    model_validator,
+)
 
 from morphspec.errors import Mark
 
@@ -26,8 +37,9 @@ __all__ = [
     "Spec",
 ]
 
+# Strict: YAML `true` must not pass as the number 1 (pydantic's lax mode would take it).
 Num = Annotated[
-    int | float | str,
+    StrictInt | StrictFloat | StrictStr,
     Field(description="a number, or an expression over vars and args such as 'floor(64*r)'"),
 ]
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity")

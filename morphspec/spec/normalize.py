@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from morphspec.errors import SpecError
+from morphspec.errors import SpecError, closest
 from morphspec.spec.yamlpos import Loc, Located
 
 __all__ = ["normalize"]
@@ -140,10 +140,12 @@ def _block(doc: Located, src: Loc, out: Located, dst: Loc) -> Any:
         if key in value:
             result[key] = _copy(doc, (*src, key), out, (*dst, key))
     if len(layer_keys) != 1:
+        typo = next((k for k in layer_keys if closest(str(k), ("args", "description"))), None)
+        hint = f"; '{typo}'{closest(str(typo), ('args', 'description'))}" if typo else ""
         raise SpecError(
             "a block holds 'args' and exactly one layer (such as 'residual: {...}' or"
-            f" 'body: [...]'); found {', '.join(map(str, layer_keys)) or 'none'}",
-            doc.mark(src),
+            f" 'body: [...]'); found {', '.join(map(str, layer_keys)) or 'none'}{hint}",
+            doc.mark((*src, typo), key=True) if typo is not None else doc.mark(src),
         )
     (kind,) = layer_keys
     out.values[(*dst, "layer")] = doc.mark((*src, kind), key=True)

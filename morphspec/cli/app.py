@@ -1,0 +1,86 @@
+"""The `morph` command line: a typer app with each command registered here, by hand.
+
+Commands live one per module and stay thin: parse options, call the library, hand the
+result to `cli.output.Output`. `cli.guard` maps every exception to a message and an exit
+code. Torch is imported only inside commands that build models, so `morph --help` and
+`morph validate` start fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from morphspec.cli import init, schema, summary, validate
+from morphspec.cli.guard import guarded
+
+__all__ = ["app", "main"]
+
+HELP = """\
+Declare networks in YAML and grow trained checkpoints into wider or deeper students
+that compute the same function.
+
+[bold]Exit codes[/bold]: 0 ok, 1 invalid input (every problem is printed as
+FILE:LINE:COL: message), 2 usage error, 3 output not function-preserving.
+Set MORPH_DEBUG=1 to see the traceback of an internal error."""
+
+EPILOG = """\
+[bold]Examples[/bold]
+  morph validate examples/specs/*.yaml
+  morph summary examples/specs/resnet_cifar10.yaml --set r=0.25
+  morph init examples/specs/resnet_cifar10.yaml -o teacher.safetensors"""
+
+app = typer.Typer(
+    name="morph",
+    help=HELP,
+    epilog=EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+SPECS = "Specs"
+CHECKPOINTS = "Checkpoints"
+
+
+def add(name: str, command: Callable[..., Any], examples: str, panel: str) -> None:
+    """Register one command: guarded errors, an Examples epilog, a help panel."""
+    epilog = "[bold]Examples[/bold]\n" + examples
+    app.command(name, epilog=epilog, rich_help_panel=panel)(guarded(command))
+
+
+add("validate", validate.validate, validate.EXAMPLES, SPECS)
+add("summary", summary.summary, summary.EXAMPLES, SPECS)
+add("schema", schema.schema, schema.EXAMPLES, SPECS)
+add("init", init.init, init.EXAMPLES, CHECKPOINTS)
+# Growth commands register here the same way, e.g.:
+# add("diff", diff.diff, diff.EXAMPLES, CHECKPOINTS)
+# add("convert", convert.convert, convert.EXAMPLES, CHECKPOINTS)
+# add("verify", verify.verify, verify.EXAMPLES, CHECKPOINTS)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from morphspec import __version__
+
+        typer.echo(f"morphspec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Root options."""
+
+
+def main() -> None:
+    """Entry point of the `morph` and `morphspec` console scripts."""
+    app()

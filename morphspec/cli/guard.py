@@ -1,0 +1,62 @@
+"""The one place that turns exceptions into messages and exit codes.
+
+0 ok; 1 invalid input (`MorphError`, unreadable files, and our own bugs); 2 usage, left
+to typer; 3 output not function-preserving (`NotPreservingError.exit_code`). A user never
+sees a traceback for a mistake, and sees one for our bug only with `MORPH_DEBUG=1`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import traceback
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+
+from morphspec.cli.output import Output
+from morphspec.errors import EXIT_INVALID, Mark, MorphError, Problem
+
+try:  # typer >= 0.22 vendors click
+    from typer._click.exceptions import ClickException  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException  # type: ignore[import-not-found,no-redef,unused-ignore]
+
+__all__ = ["DEBUG_ENV", "guarded"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEBUG_ENV = "MORPH_DEBUG"
+EXIT_INTERRUPTED = 130
+
+
+def guarded(command: Callable[P, R]) -> Callable[P, R]:
+    """Run `command`, mapping its exceptions to problems and exit codes.
+
+    The command's `as_json` parameter (see `cli.options.JsonOpt`) picks the format.
+    """
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        out = Output(bool(kwargs.get("as_json", False)))
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, ClickException):
+            raise
+        except MorphError as err:
+            out.fail(err.problems, err.exit_code)
+        except KeyboardInterrupt:
+            out.fail([Problem("interrupted")], EXIT_INTERRUPTED)
+        except OSError as err:
+            where = Mark(str(err.filename)) if err.filename else None
+            out.fail([Problem(err.strerror or str(err), where)], EXIT_INVALID)
+        except Exception as err:
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                traceback.print_exc()
+            message = f"internal error: {type(err).__name__}: {err}".splitlines()[0]
+            hint = f"(a bug in morphspec; set {DEBUG_ENV}=1 to see the traceback)"
+            out.fail([Problem(f"{message} {hint}")], EXIT_INVALID)
+
+    return run

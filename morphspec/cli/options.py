@@ -1,0 +1,43 @@
+"""Option and argument types shared by the commands, so each flag means one thing everywhere.
+
+Convention: a command that takes `JsonOpt` names the parameter `as_json`; the error guard
+(`cli.guard`) reads it to print failures as JSON too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["ForceOpt", "JsonOpt", "SeedOpt", "SetOpt", "SpecArg"]
+
+SpecArg = Annotated[
+    Path,
+    typer.Argument(metavar="SPEC", help="A spec file (YAML).", show_default=False),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="NAME=VALUE",
+        help="Override a var of the spec, e.g. --set r=0.25 (repeatable).",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print exactly one JSON document on stdout (errors too) instead of tables.",
+    ),
+]
+SeedOpt = Annotated[
+    int,
+    typer.Option("--seed", min=0, help="Random seed; the same seed gives the same tensors."),
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", "-f", help="Overwrite an existing output file."),
+]

@@ -30,7 +30,7 @@ def _arch(spec_or_path: Spec | Arch | str | Path, set: SetArg = None) -> Arch:
 
 def build(spec_or_path: Spec | Arch | str | Path, set: SetArg = None) -> nn.Module:
     """The torch model of a spec, randomly initialised by torch's defaults, in eval mode."""
-    from morphspec.build import build_arch
+    from morphspec.builder import build_arch
 
     return build_arch(_arch(spec_or_path, set))
 
@@ -42,7 +42,7 @@ def load(
 
     Every missing, unexpected or mis-shaped key is listed by name in the error.
     """
-    from morphspec.build import build_arch
+    from morphspec.builder import build_arch
     from morphspec.checkpoint import CheckpointReader, check_keys
 
     arch = _arch(spec_path, set)

@@ -8,6 +8,7 @@ code. Torch is imported only inside commands that build models, so `morph --help
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -22,8 +23,9 @@ HELP = """\
 Declare networks in YAML and grow trained checkpoints into wider or deeper students
 that compute the same function.
 
-[bold]Exit codes[/bold]: 0 ok, 1 invalid input (every problem is printed as
+[bold]Exit codes[/bold]: 0 ok, 1 invalid input (each problem printed as
 FILE:LINE:COL: message), 2 usage error, 3 output not function-preserving.
+
 Set MORPH_DEBUG=1 to see the traceback of an internal error."""
 
 EPILOG = """\
@@ -32,9 +34,19 @@ EPILOG = """\
   morph summary examples/specs/resnet_cifar10.yaml --set r=0.25
   morph init examples/specs/resnet_cifar10.yaml -o teacher.safetensors"""
 
+SPECS = "Specs"
+CHECKPOINTS = "Checkpoints"
+
+
+def flow(doc: str | None) -> str:
+    """A docstring as help text: paragraphs kept, the line breaks inside them joined."""
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
 app = typer.Typer(
     name="morph",
-    help=HELP,
+    help=flow(HELP),
     epilog=EPILOG,
     no_args_is_help=True,
     add_completion=False,
@@ -43,21 +55,20 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-SPECS = "Specs"
-CHECKPOINTS = "Checkpoints"
-
 
 def add(name: str, command: Callable[..., Any], examples: str, panel: str) -> None:
-    """Register one command: guarded errors, an Examples epilog, a help panel."""
+    """Register one command: guarded errors, flowing help, an Examples epilog, a panel."""
     epilog = "[bold]Examples[/bold]\n" + examples
-    app.command(name, epilog=epilog, rich_help_panel=panel)(guarded(command))
+    app.command(name, help=flow(command.__doc__), epilog=epilog, rich_help_panel=panel)(
+        guarded(command)
+    )
 
 
 add("validate", validate.validate, validate.EXAMPLES, SPECS)
 add("summary", summary.summary, summary.EXAMPLES, SPECS)
 add("schema", schema.schema, schema.EXAMPLES, SPECS)
 add("init", init.init, init.EXAMPLES, CHECKPOINTS)
-# Growth commands register here the same way, e.g.:
+# The growth commands register here the same way:
 # add("diff", diff.diff, diff.EXAMPLES, CHECKPOINTS)
 # add("convert", convert.convert, convert.EXAMPLES, CHECKPOINTS)
 # add("verify", verify.verify, verify.EXAMPLES, CHECKPOINTS)
@@ -78,7 +89,7 @@ def _root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    """Root options."""
+    """Options of `morph` itself."""
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ EXAMPLES = """\
 
 FilesArg = Annotated[
     list[Path],
-    typer.Argument(metavar="FILE...", help="Spec files to check.", show_default=False),
+    typer.Argument(metavar="FILE", help="Spec files to check.", show_default=False),
 ]
 
 

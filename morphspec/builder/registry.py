@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from morphspec.arch.nodes import Arch, Node
-from morphspec.build import layers as L
+from morphspec.builder import layers as L
 from morphspec.errors import SpecError
 
 __all__ = ["BUILDERS", "build_arch", "build_node"]

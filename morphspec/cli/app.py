@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from morphspec.cli import init, schema, summary, validate
+from morphspec.cli import convert, diff, init, schema, summary, validate, verify
 from morphspec.cli.guard import guarded
 
 __all__ = ["app", "main"]
@@ -68,10 +68,9 @@ add("validate", validate.validate, validate.EXAMPLES, SPECS)
 add("summary", summary.summary, summary.EXAMPLES, SPECS)
 add("schema", schema.schema, schema.EXAMPLES, SPECS)
 add("init", init.init, init.EXAMPLES, CHECKPOINTS)
-# The growth commands register here the same way:
-# add("diff", diff.diff, diff.EXAMPLES, CHECKPOINTS)
-# add("convert", convert.convert, convert.EXAMPLES, CHECKPOINTS)
-# add("verify", verify.verify, verify.EXAMPLES, CHECKPOINTS)
+add("diff", diff.diff, diff.EXAMPLES, CHECKPOINTS)
+add("convert", convert.convert, convert.EXAMPLES, CHECKPOINTS)
+add("verify", verify.verify, verify.EXAMPLES, CHECKPOINTS)
 
 
 def _version(value: bool) -> None:

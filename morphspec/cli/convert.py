@@ -1,0 +1,104 @@
+"""`morph convert`: grow a teacher checkpoint into a student checkpoint, verified."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from morphspec.cli.growth_options import (
+    StudentArg, StudentSetOpt, TeacherArg, TeacherSetOpt, merge_sets, plan_table,
+)  # fmt: skip
+from morphspec.cli.options import ForceOpt, JsonOpt, SeedOpt, SetOpt
+from morphspec.cli.output import Output
+from morphspec.cli.verify import RtolOpt, SamplesOpt
+from morphspec.verify import DEFAULT_RTOL
+
+__all__ = ["EXAMPLES", "convert"]
+
+EXAMPLES = """\
+  morph convert examples/specs/resnet_cifar10.yaml examples/specs/resnet_cifar18.yaml teacher.safetensors
+  morph convert mlp.yaml mlp_wide.yaml mlp.safetensors -o wide.safetensors --seed 3 --json
+  morph convert t.yaml s.yaml t.safetensors --dry-run"""
+
+CkptArg = Annotated[
+    Path,
+    typer.Argument(metavar="CKPT", help="The teacher checkpoint (safetensors or sharded index)."),
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", "-o", metavar="OUT",
+        help="Student checkpoint to write [default: <student name>.safetensors beside STUDENT].",
+        show_default=False,
+    ),
+]  # fmt: skip
+FamilyOpt = Annotated[Literal["r2r"], typer.Option("--family", help="Growth family (exact: r2r).")]
+InitOpt = Annotated[
+    Literal["match", "he"],
+    typer.Option("--init", help="Scale of free parameters: match the existing weights, or He."),
+]
+InitScaleOpt = Annotated[
+    float, typer.Option("--init-scale", min=0.0, help="Multiplies the scale of free parameters.")
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Check and plan; write nothing.")]
+NoVerifyOpt = Annotated[
+    bool,
+    typer.Option("--no-verify", help="Skip the check that the student reproduces the teacher."),
+]
+
+
+def convert(
+    teacher: TeacherArg,
+    student: StudentArg,
+    checkpoint: CkptArg,
+    output: OutOpt = None,
+    family: FamilyOpt = "r2r",
+    init: InitOpt = "match",
+    init_scale: InitScaleOpt = 1.0,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
+    no_verify: NoVerifyOpt = False,
+    rtol: RtolOpt = DEFAULT_RTOL,
+    samples: SamplesOpt = 32,
+    set_: SetOpt = None,
+    teacher_set: TeacherSetOpt = None,
+    student_set: StudentSetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Grow CKPT, a checkpoint of TEACHER, into a checkpoint of STUDENT that computes the same
+    function. Everything is checked before a tensor moves; the output is written beside its
+    destination, verified (unless --no-verify) and only then renamed into place. The teacher
+    is never written. Exit 3, with no output written, when the student misses --rtol."""
+    from morphspec.convert import convert as run
+
+    out = Output(as_json)
+    with out.progress() as bar:
+        task = bar.add_task("writing student", total=None, visible=sys.stderr.isatty())
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = run(
+            teacher, student, checkpoint, output,
+            family=family, init=init, init_scale=init_scale, seed=seed, force=force,
+            dry_run=dry_run, verify=not no_verify, rtol=rtol, samples=samples,
+            teacher_set=merge_sets(set_, teacher_set), student_set=merge_sets(set_, student_set),
+            progress=progress,
+        )  # fmt: skip
+    if not as_json:
+        out.out.print(plan_table(result.plan))
+    v = result.verification
+    if result.written:
+        checked = (
+            f"; rel_err {v.rel_err:.3g} <= rtol {v.rtol:g} ({v.samples} samples)"
+            if v
+            else "; not verified (--no-verify)"
+        )
+        text = f"wrote {result.output}{checked}"
+    else:
+        text = f"dry run: would write {result.output}"
+    out.result(result.to_json(), text)

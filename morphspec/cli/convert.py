@@ -9,7 +9,12 @@ from typing import Annotated, Literal
 import typer
 
 from morphspec.cli.growth_options import (
-    StudentArg, StudentSetOpt, TeacherArg, TeacherSetOpt, merge_sets, plan_table,
+    StudentArg,
+    StudentSetOpt,
+    TeacherArg,
+    TeacherSetOpt,
+    merge_sets,
+    plan_table,
 )  # fmt: skip
 from morphspec.cli.options import ForceOpt, JsonOpt, SeedOpt, SetOpt
 from morphspec.cli.output import Output
@@ -19,7 +24,8 @@ from morphspec.verify import DEFAULT_RTOL
 __all__ = ["EXAMPLES", "convert"]
 
 EXAMPLES = """\
-  morph convert examples/specs/resnet_cifar10.yaml examples/specs/resnet_cifar18.yaml teacher.safetensors
+  morph convert examples/specs/resnet_cifar10.yaml examples/specs/resnet_cifar18.yaml \\
+      teacher.safetensors
   morph convert mlp.yaml mlp_wide.yaml mlp.safetensors -o wide.safetensors --seed 3 --json
   morph convert t.yaml s.yaml t.safetensors --dry-run"""
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from morphspec.cli.growth_options import (
-    StudentArg, StudentSetOpt, TeacherArg, TeacherSetOpt, merge_sets, plan_table,
+    StudentArg,
+    StudentSetOpt,
+    TeacherArg,
+    TeacherSetOpt,
+    merge_sets,
+    plan_table,
 )  # fmt: skip
 from morphspec.cli.options import JsonOpt, SetOpt
 from morphspec.cli.output import Output

@@ -58,6 +58,7 @@ def save(
     model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
     path: str | Path,
     spec: Spec | Arch | str | Path,
+    set: SetArg = None,
     **extra: str,
 ) -> Path:
     """Write a checkpoint with the SPEC.md metadata; keys must match the spec exactly."""
@@ -65,14 +66,14 @@ def save(
 
     from morphspec.checkpoint import make_metadata, save_state_dict
 
-    arch = _arch(spec)
+    arch = _arch(spec, set)
     state: Mapping[str, Any] = (
         model_or_state_dict.state_dict()
         if isinstance(model_or_state_dict, nn.Module)
         else model_or_state_dict
     )
     expected = arch.state_shapes()
-    problems = sorted(set(expected) ^ set(state)) + [
+    problems = sorted(expected.keys() ^ state.keys()) + [
         k for k in expected if k in state and tuple(state[k].shape) != expected[k]
     ]
     if problems:

@@ -18,6 +18,7 @@ from typing import Any
 
 from morphspec.arch import Arch, resolve
 from morphspec.checkpoint import CheckpointReader, check_keys, make_metadata, write_safetensors
+from morphspec.defaults import DEFAULT_RTOL
 from morphspec.errors import Mark, MorphError, NotPreservingError
 from morphspec.growth.apply import student_entries
 from morphspec.growth.families import GrowOptions, make_family
@@ -25,7 +26,7 @@ from morphspec.growth.init import InitMode
 from morphspec.growth.plan import Plan, diff
 from morphspec.spec import load_spec
 from morphspec.spec.load import SetArg
-from morphspec.verify import DEFAULT_RTOL, Verification, verify_checkpoints
+from morphspec.verify import Verification, verify_checkpoints
 
 __all__ = ["ConvertResult", "convert", "default_output", "plan_for"]
 

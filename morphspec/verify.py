@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 from morphspec.arch import Arch
+from morphspec.defaults import DEFAULT_RTOL
 
 __all__ = ["Verification", "compare", "sample_inputs", "verify_checkpoints"]
-
-DEFAULT_RTOL = 1e-5
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Checks for morphspec.build.layers against hand-written reference computations."""
+"""Checks for morphspec.builder.layers against hand-written reference computations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from morphspec.build.layers import (
+from morphspec.builder.layers import (
     Attention,
     Flatten,
     GlobalAvgPool,

@@ -19,7 +19,7 @@ from morphspec.cli.growth_options import (
 from morphspec.cli.options import ForceOpt, JsonOpt, SeedOpt, SetOpt
 from morphspec.cli.output import Output
 from morphspec.cli.verify import RtolOpt, SamplesOpt
-from morphspec.verify import DEFAULT_RTOL
+from morphspec.defaults import DEFAULT_RTOL
 
 __all__ = ["EXAMPLES", "convert"]
 

@@ -12,7 +12,6 @@ from morphspec.cli.growth_options import (
 )  # fmt: skip
 from morphspec.cli.options import JsonOpt, SetOpt
 from morphspec.cli.output import Output
-from morphspec.convert import plan_for
 
 __all__ = ["EXAMPLES", "diff"]
 
@@ -31,6 +30,8 @@ def diff(
 ) -> None:
     """Print the growth plan: which channel spaces widen, which blocks are appended, and the
     parameter counts before and after. Refusals are listed with both YAML places."""
+    from morphspec.convert import plan_for
+
     out = Output(as_json)
     _, _, plan = plan_for(
         teacher, student, merge_sets(set_, teacher_set), merge_sets(set_, student_set)

@@ -9,6 +9,7 @@ editors and CI annotators understand.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Iterable, Mapping
@@ -36,10 +37,13 @@ class Output:
 
     # -- results -------------------------------------------------------------------------
     def result(self, data: Mapping[str, Any], human: RenderableType | None = None) -> None:
-        """The command's result, once: `data` as JSON with `--json`, else `human` on stdout."""
+        """The command's result, once: `data` as JSON with `--json`, else `human` on stdout
+        (a plain string is printed as is, never parsed as rich markup)."""
         self._once()
         if self.json:
             self._emit({"ok": True, **data})
+        elif isinstance(human, str):
+            self.out.print(Text(human), soft_wrap=True)
         elif human is not None:
             self.out.print(human)
 
@@ -103,8 +107,6 @@ def problem_json(p: Problem, default_file: str | None = None) -> dict[str, Any]:
 def to_json(doc: Mapping[str, Any]) -> str:
     """Strict JSON: tuples become lists, paths strings, NaN and infinities the strings
     "NaN", "Infinity", "-Infinity" (bare NaN is not JSON)."""
-    import json
-
     return json.dumps(_plain(doc), indent=2, ensure_ascii=False, allow_nan=False)
 
 

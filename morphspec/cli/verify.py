@@ -11,9 +11,9 @@ from morphspec.arch import resolve
 from morphspec.cli.growth_options import StudentSetOpt, TeacherSetOpt
 from morphspec.cli.options import JsonOpt, SeedOpt
 from morphspec.cli.output import Output
+from morphspec.defaults import DEFAULT_RTOL
 from morphspec.errors import EXIT_NOT_PRESERVING, Mark, Problem
 from morphspec.spec import load_spec
-from morphspec.verify import DEFAULT_RTOL, verify_checkpoints
 
 __all__ = ["EXAMPLES", "RtolOpt", "SamplesOpt", "verify"]
 
@@ -43,6 +43,8 @@ def verify(
 ) -> None:
     """Build both models in eval mode, feed both the same seeded inputs and report
     max_abs_err and rel_err = max|s - t| / max|t|. Exit 3 when rel_err exceeds --rtol."""
+    from morphspec.verify import verify_checkpoints
+
     out = Output(as_json)
     teacher = resolve(load_spec(teacher_spec, teacher_set))
     student = resolve(load_spec(student_spec, student_set))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import math
+import warnings
 from collections.abc import Callable, Mapping
 
 __all__ = ["ExprError", "Number", "evaluate"]
@@ -52,7 +53,9 @@ def evaluate(text: str, env: Mapping[str, Number]) -> Number:
     if len(text) > MAX_LENGTH:
         raise ExprError(f"expression longer than {MAX_LENGTH} characters")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        with warnings.catch_warnings():  # e.g. SyntaxWarning 'invalid decimal literal' on '1e'
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExprError(f"cannot parse expression '{text}': {exc.msg}") from None
     try:
@@ -65,7 +68,9 @@ def _check(value: Number) -> Number:
     if isinstance(value, float) and not math.isfinite(value):
         raise ExprError("expression gives a non-finite number")
     if abs(value) > MAX_MAGNITUDE:
-        raise ExprError(f"expression gives {value:.3g}, beyond the limit of {MAX_MAGNITUDE:.0e}")
+        # a huge int cannot be formatted as a float ('.3g' raises OverflowError)
+        shown = f"{value:.3g}" if abs(value) < 1e300 else "a number beyond 1e300"
+        raise ExprError(f"expression gives {shown}, beyond the limit of {MAX_MAGNITUDE:.0e}")
     return value
 
 

@@ -139,13 +139,12 @@ def _data_loc(data: Any, parts: list[Any]) -> tuple[Any, ...]:
     """The part of a pydantic location that names keys and indices present in `data`."""
     loc: list[Any] = []
     for part in parts:
-        if isinstance(data, dict) and part in data:
+        present = (isinstance(data, dict) and part in data) or (
+            isinstance(data, list) and isinstance(part, int) and part < len(data)
+        )
+        if present:
             data = data[part]
-        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
-            data = data[part]
-        else:
-            continue
-        loc.append(part)
+            loc.append(part)
     return tuple(loc)
 
 

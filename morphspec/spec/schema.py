@@ -151,6 +151,7 @@ def _layer(
     args_refs: dict[str, Any],
     models: list[type[BaseModel]],
 ) -> dict[str, Any]:
+    spelled = [model.__name__ for model in models] + ["BlockCall"]
     word = {
         "anyOf": [
             {"enum": word_kinds, "description": "a layer kind whose arguments all have defaults"},
@@ -166,16 +167,16 @@ def _layer(
         "minProperties": 1,
         "maxProperties": 1,
     }
-    spelled = {
+    spelled_form = {
         "type": "object",
         "description": "the fully spelled form {op: kind, ...}",
         "required": ["op"],
-        "anyOf": [{"$ref": _REF.format(model=model.__name__)} for model in [*models, m.BlockCall]],
+        "anyOf": [{"$ref": _REF.format(model=name)} for name in spelled],
     }
     return {
         "description": "a layer: a bare word ('relu'), a mapping with one key, the kind"
         " ('conv: {out: 8, kernel: 3}'), or the spelled form ('{op: conv, out: 8, kernel: 3}')",
-        "anyOf": [word, keyed, spelled],
+        "anyOf": [word, keyed, spelled_form],
     }
 
 

@@ -49,9 +49,9 @@ def load_yaml(path: Path, label: str | None = None) -> Located:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError(f"file not found: {label}") from None
+        raise SpecError(f"file not found: {label}", Mark(label)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read {label}: {exc}") from None
+        raise SpecError(f"cannot read {label}: {exc}", Mark(label)) from None
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

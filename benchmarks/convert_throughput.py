@@ -1,0 +1,251 @@
+"""Throughput and memory of `morph convert` on a synthetic checkpoint of about `--size-gb` GB.
+
+Run by hand: `python benchmarks/convert_throughput.py [--size-gb 1.0] [--workdir DIR] [--keep]`.
+It writes a teacher spec (a residual conv stack in float32 and a residual MLP stack in
+float16), a student spec that `extends` it with every space 1.25x wider and one more block
+in each stack, and a seeded teacher checkpoint, written one tensor at a time. It then
+times `morph convert ... --no-verify` as a subprocess (peak RSS from wait4, peak RssAnon
+sampled from /proc every ~20 ms), `cp` of the student file, and `import morphspec`, and
+prints the ratios against issue 3's goals. It is a measurement: it always exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+import morphspec
+from morphspec.checkpoint import CheckpointReader, TensorEntry, write_safetensors
+
+MB = 1e6
+GOAL_TIME = 2.0  # (convert - import) / cp
+HEAP_SLACK = 300 * MB  # peak RssAnon <= 2 x largest student tensor + this
+
+TEACHER = """\
+morphspec: 1
+name: bench-teacher
+vars: {{c: {c}, d: {d}, h: {h}, conv_blocks: 2, mlp_blocks: 2, classes: 1000}}
+input: {{shape: [3, 8, 8]}}
+blocks:
+  convblock:
+    args: {{width: required}}
+    residual:
+      body:
+        - conv: {{name: conv1, out: width, kernel: 3, padding: 1, bias: false}}
+        - batchnorm: {{name: bn1}}
+        - relu
+        - conv: {{name: conv2, out: width, kernel: 3, padding: 1, bias: false}}
+  mlpblock:
+    args: {{width: required, hidden: required}}
+    residual:
+      body:
+        - linear: {{name: up, out: hidden}}
+        - relu
+        - linear: {{name: down, out: width}}
+body:
+  - conv: {{name: stem, out: c, kernel: 3, padding: 1}}
+  - repeat: {{name: convs, times: conv_blocks, block: convblock, args: {{width: c}}}}
+  - global_avgpool
+  - linear: {{name: proj, out: d}}
+  - repeat: {{name: mlps, times: mlp_blocks, block: mlpblock, args: {{width: d, hidden: h}}}}
+  - linear: {{name: head, out: classes}}
+"""
+STUDENT = """\
+morphspec: 1
+name: bench-student
+extends: teacher.yaml
+vars: {{c: {c}, d: {d}, h: {h}, conv_blocks: 3, mlp_blocks: 3}}
+"""
+
+
+def widths(c: int) -> dict[str, int]:
+    return {"c": c, "d": 2 * c, "h": 8 * c}
+
+
+def dtype_of(key: str) -> torch.dtype:
+    """The conv stack is float32, the linear layers float16."""
+    if key.endswith("num_batches_tracked"):
+        return torch.int64
+    return torch.float16 if key.startswith(("proj.", "mlps.", "head.")) else torch.float32
+
+
+def teacher_bytes(spec: Path) -> int:
+    shapes = morphspec.resolve(morphspec.load_spec(spec)).state_shapes()
+    return sum(torch.Size(s).numel() * dtype_of(k).itemsize for k, s in shapes.items())
+
+
+def write_specs(work: Path, size_bytes: float) -> tuple[Path, Path]:
+    """Pick the conv width `c` (a multiple of 64) that makes the teacher about `size_bytes`."""
+    teacher, student = work / "teacher.yaml", work / "student.yaml"
+    probe = 256
+    teacher.write_text(TEACHER.format(**widths(probe)))
+    per_c2 = teacher_bytes(teacher) / probe**2
+    c = max(64, round((size_bytes / per_c2) ** 0.5 / 64) * 64)
+    teacher.write_text(TEACHER.format(**widths(c)))
+    student.write_text(STUDENT.format(**widths(c * 5 // 4)))
+    return teacher, student
+
+
+def make_teacher(spec: Path, out: Path, seed: int = 0) -> None:
+    """A seeded teacher checkpoint, produced and written one tensor at a time."""
+    shapes = morphspec.resolve(morphspec.load_spec(spec)).state_shapes()
+
+    def producer(i: int, key: str, shape: tuple[int, ...]) -> TensorEntry:
+        def produce() -> torch.Tensor:
+            dtype = dtype_of(key)
+            if dtype == torch.int64:
+                return torch.full(shape, 100, dtype=dtype)
+            gen = torch.Generator().manual_seed(seed * 100_003 + i)
+            x = torch.randn(shape, generator=gen)
+            if key.endswith("running_var"):
+                x = x.abs_().add_(0.5)
+            elif len(shape) > 1:
+                x.mul_(torch.Size(shape[1:]).numel() ** -0.5)
+            return x.to(dtype)
+
+        return TensorEntry(key, tuple(shape), dtype_of(key), produce)
+
+    entries = [producer(i, k, tuple(s)) for i, (k, s) in enumerate(sorted(shapes.items()))]
+    write_safetensors(out, entries)
+
+
+class MemSampler(threading.Thread):
+    """Peak VmRSS and RssAnon (bytes) of one process, read from /proc every `period` s."""
+
+    def __init__(self, pid: int, period: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.path, self.period = Path(f"/proc/{pid}/status"), period
+        self.peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
+        self.samples = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                lines = self.path.read_text().splitlines()
+            except OSError:
+                return
+            for line in lines:
+                name, _, value = line.partition(":")
+                if name in self.peak:
+                    self.peak[name] = max(self.peak[name], int(value.split()[0]) * 1024)
+            self.samples += 1
+            self.stop.wait(self.period)
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def run_convert(cmd: list[str]) -> tuple[float, int, MemSampler]:
+    """Wall time, peak RSS (from wait4's rusage) and the /proc sampler of one conversion."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sampler = MemSampler(proc.pid)
+    sampler.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        sys.exit(f"morph convert failed ({proc.returncode}):\n{err}")
+    return wall, usage.ru_maxrss * 1024, sampler
+
+
+def verdict(value: float, goal: float) -> str:
+    return "PASS" if value <= goal else "FAIL"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-gb", type=float, default=1.0, help="teacher size (default 1)")
+    parser.add_argument("--workdir", type=Path, help="default: a new temporary directory")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of convert and cp; best kept")
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="morph-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bindir = Path(sys.executable).parent
+    morph = str(bindir / "morph") if (bindir / "morph").exists() else shutil.which("morph")
+    try:
+        teacher_spec, student_spec = write_specs(work, args.size_gb * 1e9)
+        ckpt, out, copy = work / "teacher.safetensors", work / "student.safetensors", work / "cp"
+        make_teacher(teacher_spec, ckpt)
+        imports = [timed([sys.executable, "-c", "import morphspec"]) for _ in range(5)]
+        t_import = statistics.median(imports)
+        t_torch = statistics.median(
+            timed([sys.executable, "-c", "import morphspec.convert"]) for _ in range(3)
+        )
+        cmd = [str(morph), "convert", str(teacher_spec), str(student_spec), str(ckpt)]
+        cmd += ["-o", str(out), "--force"]
+        load = os.getloadavg()[0]
+        _, _, base = run_convert([*cmd, "--dry-run"])
+        runs = [run_convert([*cmd, "--no-verify"]) for _ in range(max(1, args.repeat))]
+        t_convert = min(r[0] for r in runs)
+        peak_rss = max(r[1] for r in runs)
+        peak_anon = max(r[2].peak["RssAnon"] for r in runs)
+        peak_file = max(r[2].peak["RssFile"] for r in runs)
+        samples = sum(r[2].samples for r in runs)
+        t_cps = []
+        for _ in range(max(1, args.repeat)):
+            t_cps += [timed(["cp", str(out), str(copy)]) for _ in range(2)][1:]
+            copy.unlink()
+        t_cp = min(t_cps)
+        with CheckpointReader(out) as reader:
+            largest = max(reader.nbytes(k) for k in reader)
+            biggest_key = max(reader, key=reader.nbytes)
+        size_t, size_s = ckpt.stat().st_size, out.stat().st_size
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    time_x = (t_convert - t_import) / t_cp
+    heap_budget = 2 * largest + HEAP_SLACK
+    heap_ratio = peak_anon / heap_budget
+    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, python"
+          f" {platform.python_version()}, torch {torch.__version__};"
+          f" load average {load:.2f} at start, {os.getloadavg()[0]:.2f} at end")  # fmt: skip
+    print(f"teacher {size_t / MB:,.0f} MB -> student {size_s / MB:,.0f} MB;"
+          f" largest student tensor {biggest_key} {largest / MB:,.0f} MB")  # fmt: skip
+    best = f"best of {len(runs)}" if len(runs) > 1 else "1 run"
+    rows = [
+        ("import morphspec (median of 5)", f"{t_import:8.2f} s"),
+        ("import morphspec.convert (torch; med 3)", f"{t_torch:8.2f} s"),
+        (f"morph convert --no-verify ({best})", f"{t_convert:8.2f} s"),
+        ("  minus import morphspec", f"{t_convert - t_import:8.2f} s"),
+        ("cp of the student file (2nd run)", f"{t_cp:8.2f} s"),
+        ("convert throughput (student bytes)", f"{size_s / MB / t_convert:8.0f} MB/s"),
+        ("peak RSS (wait4 ru_maxrss)", f"{peak_rss / MB:8.0f} MB"),
+        (f"peak RssAnon ({samples} samples)", f"{peak_anon / MB:8.0f} MB"),
+        ("peak RssFile (mmap/file pages)", f"{peak_file / MB:8.0f} MB"),
+        ("peak RssAnon of --dry-run (baseline)", f"{base.peak['RssAnon'] / MB:8.0f} MB"),
+    ]
+    for name, value in rows:
+        print(f"  {name:<40}{value:>14}")
+    print(f"time: (convert - import) / cp = {time_x:.2f}x (goal <= {GOAL_TIME:g}x);"
+          f" without torch import {(t_convert - t_torch) / t_cp:.2f}x:"
+          f" {verdict(time_x, GOAL_TIME)}")  # fmt: skip
+    print(f"heap: peak RssAnon / (2 x largest + 300 MB) = {peak_anon / MB:,.0f} /"
+          f" {heap_budget / MB:,.0f} MB = {heap_ratio:.2f} (goal <= 1):"
+          f" {verdict(heap_ratio, 1.0)}")  # fmt: skip
+    if args.keep or args.workdir is not None:
+        print(f"work directory kept: {work}")
+
+
+if __name__ == "__main__":
+    main()

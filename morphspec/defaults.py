@@ -1,0 +1,4 @@
+"""Defaults shared by the library and the CLI, kept torch-free so `morph --help` stays fast."""
+
+DEFAULT_RTOL = 1e-5  # rel_err = max|s - t| / max|t| that counts as function-preserving (fp32)
+DEFAULT_SAMPLES = 32

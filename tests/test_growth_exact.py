@@ -21,6 +21,11 @@ from morphspec.verify import compare, sample_inputs
 SPECS = Path(__file__).resolve().parents[1] / "examples" / "specs"
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bytes, so -0.0 vs 0.0 and NaN payloads count as differences."""
+    return t.view(torch.uint8) if t.dtype.is_floating_point and t.dim() else t
+
+
 def make_teacher(spec: Path, out: Path, set_: list[str] | None = None, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = morphspec.build(spec, set=set_)
@@ -66,9 +71,8 @@ def grow(
     for key, t in t_sd.items():
         s = s_sd[key]
         assert s.dtype == t.dtype
-        leading = s[tuple(slice(0, n) for n in t.shape)]
-        assert torch.equal(leading.view(torch.uint8) if t.dtype.is_floating_point else leading,
-                           t.view(torch.uint8) if t.dtype.is_floating_point else t), key  # fmt: skip
+        leading = s[tuple(slice(0, n) for n in t.shape)].contiguous()
+        assert torch.equal(_bits(leading), _bits(t)), f"{key} is not bit-identical"
         grew |= s.shape != t.shape
     assert grew or set(s_sd) != set(t_sd), "the student is the teacher: nothing was grown"
     return check.rel_err

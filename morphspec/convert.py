@@ -12,16 +12,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from morphspec.arch import Arch, resolve
 from morphspec.checkpoint import CheckpointReader, check_keys, make_metadata, write_safetensors
 from morphspec.defaults import DEFAULT_RTOL
-from morphspec.errors import Mark, MorphError, NotPreservingError
+from morphspec.errors import Mark, MorphError, NotPreservingError, closest
 from morphspec.growth.apply import student_entries
-from morphspec.growth.families import GrowOptions, make_family
+from morphspec.growth.families import FAMILIES, Family, GrowOptions, RescaleMode, make_family
 from morphspec.growth.init import InitMode
 from morphspec.growth.plan import Plan, diff
 from morphspec.spec import load_spec
@@ -38,10 +38,23 @@ class ConvertResult:
     written: bool
     verification: Verification | None
     teacher_sha256: str | None
+    family: Family
+
+    @property
+    def warnings(self) -> list[str]:
+        """Why the output may not be function-preserving (empty for exact conversions)."""
+        notes = list(self.family.rescaler.inexact)
+        if not self.family.exact:
+            notes.append(f"{self.family.name} is not function-preserving by design")
+        return notes
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": True,
+            "family": self.family.name,
+            "function_preserving": self.family.conditions.function_preserving,
+            "rescale": [asdict(s) for s in self.family.rescaler.scales],
+            "warnings": self.warnings,
             "plan": self.plan.to_json(),
             "output": str(self.output),
             "written": self.written,
@@ -93,6 +106,10 @@ def convert(
     init: InitMode = "match",
     init_scale: float = 1.0,
     seed: int = 0,
+    noise: float = 0.0,
+    netmorph_zero: Literal["out", "in"] = "out",
+    rescale: RescaleMode = "none",
+    allow_inexact: bool = False,
     force: bool = False,
     dry_run: bool = False,
     verify: bool = True,
@@ -104,20 +121,24 @@ def convert(
 ) -> ConvertResult:
     """Grow `checkpoint` (of `teacher_spec`) into the student; see the module docstring."""
     teacher, student, plan = plan_for(teacher_spec, student_spec, teacher_set, student_set)
-    grower = make_family(family, plan, GrowOptions(init, init_scale, seed))
+    if family not in FAMILIES:
+        raise MorphError(f"unknown family '{family}'{closest(family, FAMILIES)}")
+    options = GrowOptions(init, init_scale, seed, noise, netmorph_zero, rescale, allow_inexact)
     out = Path(output) if output is not None else default_output(student_spec, student)
     with CheckpointReader(checkpoint) as reader:
         check_keys(reader, teacher.state_shapes(), str(teacher_spec))
+        grower = make_family(family, plan, options, reader.get)
         _check_output(out, reader, force)
         if dry_run:
-            return ConvertResult(plan, out, False, None, None)
+            return ConvertResult(plan, out, False, None, None, grower)
         sha = reader.sha256()
         metadata = make_metadata(
             student.spec.resolved_json(),
             teacher_sha256=sha,
             family=family,
-            rescale="none",
+            rescale=rescale,
             seed=str(seed),
+            noise=repr(noise),
             init=init,
             init_scale=repr(init_scale),
             plan=plan.dumps(),
@@ -133,7 +154,7 @@ def convert(
                 result = verify_checkpoints(
                     teacher, checkpoint, student, staging, samples, seed, rtol
                 )
-                if not result.passed:
+                if not result.passed and grower.exact and not grower.rescaler.inexact:
                     raise NotPreservingError(
                         f"the student does not reproduce the teacher: rel_err {result.rel_err:.3g}"
                         f" > rtol {rtol:g} (max_abs_err {result.max_abs_err:.3g});"
@@ -143,4 +164,4 @@ def convert(
             os.replace(staging, out)
         finally:
             staging.unlink(missing_ok=True)
-    return ConvertResult(plan, out, True, result, sha)
+    return ConvertResult(plan, out, True, result, sha, grower)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from morphspec.cli import convert, diff, init, schema, summary, validate, verify
+from morphspec.cli import convert, diff, families, init, schema, summary, validate, verify
 from morphspec.cli.guard import guarded
 
 __all__ = ["app", "main"]
@@ -71,6 +71,7 @@ add("init", init.init, init.EXAMPLES, CHECKPOINTS)
 add("diff", diff.diff, diff.EXAMPLES, CHECKPOINTS)
 add("convert", convert.convert, convert.EXAMPLES, CHECKPOINTS)
 add("verify", verify.verify, verify.EXAMPLES, CHECKPOINTS)
+add("families", families.families, families.EXAMPLES, CHECKPOINTS)
 
 
 def _version(value: bool) -> None:

@@ -41,7 +41,38 @@ OutOpt = Annotated[
         show_default=False,
     ),
 ]  # fmt: skip
-FamilyOpt = Annotated[Literal["r2r"], typer.Option("--family", help="Growth family (exact: r2r).")]
+FamilyOpt = Annotated[
+    Literal["r2r", "net2net", "netmorph", "randpad"],
+    typer.Option("--family", help="Growth family; `morph families` shows their conditions."),
+]
+NoiseOpt = Annotated[
+    float,
+    typer.Option(
+        "--noise",
+        min=0.0,
+        help="Symmetry-breaking noise of this relative size, placed where it keeps the function.",
+    ),
+]
+NetmorphZeroOpt = Annotated[
+    Literal["out", "in"],
+    typer.Option(
+        "--netmorph-zero",
+        help="netmorph: zero the new consumer columns (out) or the new producer rows (in).",
+    ),
+]
+RescaleOpt = Annotated[
+    Literal["none", "default_vt", "vt_constraint_old_shape", "vt_constraint_new_shape"],
+    typer.Option(
+        "--rescale", help="Variance-transfer rescaling of widened hidden layers, kept exact."
+    ),
+]
+AllowInexactOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-inexact",
+        help="Rescale even where no exact compensation exists; report the deviation.",
+    ),
+]
 InitOpt = Annotated[
     Literal["match", "he"],
     typer.Option("--init", help="Scale of free parameters: match the existing weights, or He."),
@@ -65,6 +96,10 @@ def convert(
     init: InitOpt = "match",
     init_scale: InitScaleOpt = 1.0,
     seed: SeedOpt = 0,
+    noise: NoiseOpt = 0.0,
+    netmorph_zero: NetmorphZeroOpt = "out",
+    rescale: RescaleOpt = "none",
+    allow_inexact: AllowInexactOpt = False,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
@@ -90,20 +125,23 @@ def convert(
 
         result = run(
             teacher, student, checkpoint, output,
-            family=family, init=init, init_scale=init_scale, seed=seed, force=force,
+            family=family, init=init, init_scale=init_scale, seed=seed, noise=noise,
+            netmorph_zero=netmorph_zero, rescale=rescale, allow_inexact=allow_inexact, force=force,
             dry_run=dry_run, verify=not no_verify, rtol=rtol, samples=samples,
             teacher_set=merge_sets(set_, teacher_set), student_set=merge_sets(set_, student_set),
             progress=progress,
         )  # fmt: skip
     if not as_json:
         out.out.print(plan_table(result.plan))
+    for warning in result.warnings:
+        out.warn(warning)
     v = result.verification
     if result.written:
-        checked = (
-            f"; rel_err {v.rel_err:.3g} <= rtol {v.rtol:g} ({v.samples} samples)"
-            if v
-            else "; not verified (--no-verify)"
-        )
+        if v is None:
+            checked = "; not verified (--no-verify)"
+        else:
+            sign = "<=" if v.passed else ">"
+            checked = f"; rel_err {v.rel_err:.3g} {sign} rtol {v.rtol:g} ({v.samples} samples)"
         text = f"wrote {result.output}{checked}"
     else:
         text = f"dry run: would write {result.output}"

@@ -12,13 +12,13 @@ from collections.abc import Callable
 import torch
 
 from morphspec.checkpoint import CheckpointReader, TensorEntry
-from morphspec.growth.families import R2R
+from morphspec.growth.families import Family
 from morphspec.growth.plan import Plan
 
 __all__ = ["student_entries"]
 
 
-def student_entries(plan: Plan, family: R2R, reader: CheckpointReader) -> list[TensorEntry]:
+def student_entries(plan: Plan, family: Family, reader: CheckpointReader) -> list[TensorEntry]:
     """One entry per student key, in sorted order; teacher tensors keep their dtype."""
     t_shapes = plan.teacher.state_shapes()
     floats = Counter(reader.dtype(k) for k in t_shapes if reader.dtype(k).is_floating_point)
@@ -41,7 +41,12 @@ def student_entries(plan: Plan, family: R2R, reader: CheckpointReader) -> list[T
 
 
 def _producer(
-    family: R2R, reader: CheckpointReader, key: str, ref: str | None, dtype: torch.dtype, old: bool
+    family: Family,
+    reader: CheckpointReader,
+    key: str,
+    ref: str | None,
+    dtype: torch.dtype,
+    old: bool,
 ) -> Callable[[], torch.Tensor]:
     def produce() -> torch.Tensor:
         teacher = reader.get(key) if old else None

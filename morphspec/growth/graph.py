@@ -60,6 +60,8 @@ class ChannelSpace:
     edges: list[str] = field(default_factory=list)
     roles: list[Role] = field(default_factory=list)
     mixing_norms: list[str] = field(default_factory=list)
+    ops: list[tuple[str, str]] = field(default_factory=list)
+    """(path, kind) of every channel-wise op applied to a tensor of this space."""
     is_input: bool = False
     is_output: bool = False
 
@@ -83,7 +85,8 @@ class SpaceGraph:
     spaces: list[ChannelSpace]
     edge_space: dict[str, int]
     tensor_roles: dict[str, list[tuple[Role, int]]]
-    residual_input_nonneg: dict[str, bool]
+    input_nonneg: dict[str, bool]
+    """Whether the tensor entering each node (by path) is known to be non-negative."""
 
     def space_of_edge(self, edge: str) -> ChannelSpace:
         return self.spaces[self.edge_space[edge]]
@@ -126,8 +129,9 @@ class _Builder:
         self.size: dict[str, int] = {}
         self.pending: list[_Pending] = []
         self.norms: list[tuple[str, str]] = []
+        self.ops: list[tuple[str, str, str]] = []
         self.nonneg: dict[str, bool] = {}
-        self.residual_in_nonneg: dict[str, bool] = {}
+        self.input_nonneg: dict[str, bool] = {}
 
     def edge(self, name: str, size: int, nonneg: bool = False) -> str:
         self.uf.add(name)
@@ -142,6 +146,7 @@ class _Builder:
 
     def walk(self, node: Node, edge: str, mult: int) -> tuple[str, int]:
         kind = node.kind
+        self.input_nonneg[node.path] = self.nonneg.get(edge, False)
         if kind in ("sequential", "repeat"):
             for child in node.children:
                 edge, mult = self.walk(child, edge, mult)
@@ -156,6 +161,7 @@ class _Builder:
                     self.role(node, local, dim, "channel", edge, mult)
             if kind in MIXING_NORMS:
                 self.norms.append((node.path, edge))
+            self.ops.append((node.path, kind, edge))
             self.nonneg[edge] = kind in NONNEG_OUT or (kind in KEEPS_NONNEG and nonneg)
             return edge, mult
         if kind == "global_avgpool":
@@ -197,7 +203,6 @@ class _Builder:
 
     def residual(self, node: Node, edge: str, mult: int) -> tuple[str, int]:
         in_nonneg = self.nonneg.get(edge, False)
-        self.residual_in_nonneg[node.path] = in_nonneg
         inner, imult = edge, mult
         for child in node.children:
             inner, imult = self.walk(child, inner, imult)
@@ -238,6 +243,8 @@ def space_graph(arch: Arch) -> SpaceGraph:
         tensor_roles.setdefault(p.role.key, []).append((p.role, sid))
     for path, edge in b.norms:
         spaces[edge_space[edge]].mixing_norms.append(path)
+    for path, kind, edge in b.ops:
+        spaces[edge_space[edge]].ops.append((path, kind))
     spaces[edge_space[first]].is_input = True
     spaces[edge_space[last]].is_output = True
-    return SpaceGraph(spaces, edge_space, tensor_roles, dict(b.residual_in_nonneg))
+    return SpaceGraph(spaces, edge_space, tensor_roles, dict(b.input_nonneg))

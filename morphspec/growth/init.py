@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["InitMode", "generator", "he_std", "std_of", "tensor_std", "uniform_into"]
+__all__ = ["InitMode", "add_normal", "generator", "he_std", "std_of", "tensor_std", "uniform_into"]
 
 CHUNK = 1 << 22  # elements per float64 work buffer: 32 MB
 
@@ -40,6 +40,15 @@ def uniform_into(x: torch.Tensor, std: float, gen: torch.Generator) -> None:
         n = min(CHUNK, flat.numel() - start)
         draw = torch.rand(n, generator=gen, dtype=torch.float64).mul_(2).sub_(1).mul_(bound)
         flat[start : start + n].copy_(draw)
+
+
+def add_normal(x: torch.Tensor, std: float, gen: torch.Generator) -> None:
+    """Add N(0, std²) noise to `x` in place, chunk by chunk (symmetry-breaking noise)."""
+    flat = x.view(-1)
+    for start in range(0, flat.numel(), CHUNK):
+        n = min(CHUNK, flat.numel() - start)
+        draw = torch.randn(n, generator=gen, dtype=torch.float64).mul_(std)
+        flat[start : start + n].add_(draw.to(x.dtype))
 
 
 def std_of(t: torch.Tensor) -> float:

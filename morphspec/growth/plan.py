@@ -16,7 +16,7 @@ from morphspec.arch.nodes import Arch, Node
 from morphspec.errors import PlanRefused, Problem
 from morphspec.growth.graph import SpaceGraph, space_graph
 
-__all__ = ["AddProjection", "InsertBlocks", "Plan", "WidenSpace", "diff"]
+__all__ = ["AddProjection", "GrowKernel", "InsertBlocks", "Plan", "WidenSpace", "diff"]
 
 GROWABLE = {"out", "hidden", "dim", "times"}
 IGNORED = {"momentum"}  # training-time only: never changes what eval mode computes
@@ -56,7 +56,18 @@ class AddProjection:
     op: str = "add_projection"
 
 
-Op = WidenSpace | InsertBlocks | AddProjection
+@dataclass(frozen=True)
+class GrowKernel:
+    """A conv's odd kernel grows from `old` to `new`, its padding by the same half-difference,
+    so the output keeps its size (NetMorph's kernel-size morph)."""
+
+    layer: str
+    old: int
+    new: int
+    op: str = "grow_kernel"
+
+
+Op = WidenSpace | InsertBlocks | AddProjection | GrowKernel
 
 
 @dataclass
@@ -70,6 +81,7 @@ class Plan:
     teacher_size: dict[int, int]
     new_blocks: dict[str, int] = field(default_factory=dict)
     projections: dict[str, str] = field(default_factory=dict)
+    kernels: dict[str, GrowKernel] = field(default_factory=dict)
 
     @property
     def widens(self) -> list[WidenSpace]:
@@ -159,7 +171,10 @@ def diff(teacher: Arch, student: Arch) -> Plan:
                 s.mark,
             ))  # fmt: skip
             continue
-        problems.extend(_compare_args(t, s))
+        grown = _grown_kernel(t, s)
+        if grown is not None:
+            ops.append(grown)
+        problems.extend(_compare_args(t, s, skip={"kernel", "padding"} if grown else set()))
         if t.kind == "repeat" and s.args["times"] > t.args["times"]:
             blocks = tuple(c.path for c in s.children[t.args["times"] :])
             ops.append(InsertBlocks(path, t.args["times"], s.args["times"], blocks))
@@ -201,14 +216,27 @@ def diff(teacher: Arch, student: Arch) -> Plan:
             edges = tuple(e for e in space.edges if e in t_graph.edge_space)
             widens.append(WidenSpace(space.label, old, space.size, extra // 2, extra % 2, edges))
     ops = widens + ops
-    return Plan(teacher, student, ops, graph, teacher_size, new_blocks, projections)
+    kernels = {op.layer: op for op in ops if isinstance(op, GrowKernel)}
+    return Plan(teacher, student, ops, graph, teacher_size, new_blocks, projections, kernels)
 
 
-def _compare_args(t: Node, s: Node) -> list[Problem]:
+def _grown_kernel(t: Node, s: Node) -> GrowKernel | None:
+    """A kernel-size morph: a larger odd kernel whose extra padding keeps the output size."""
+    if t.kind != "conv" or s.args["kernel"] <= t.args["kernel"]:
+        return None
+    tk, sk, dil = t.args["kernel"], s.args["kernel"], t.args["dilation"]
+    if tk % 2 == 0 or sk % 2 == 0 or s.args["dilation"] != dil:
+        return None
+    if s.args["padding"] - t.args["padding"] != dil * (sk - tk) // 2:
+        return None
+    return GrowKernel(t.path, tk, sk)
+
+
+def _compare_args(t: Node, s: Node, skip: set[str]) -> list[Problem]:
     problems = []
     for name, tv in t.args.items():
         sv = s.args.get(name)
-        if sv == tv or name in IGNORED:
+        if sv == tv or name in IGNORED or name in skip:
             continue
         if name in GROWABLE and isinstance(tv, int) and isinstance(sv, int):
             if sv < tv:
@@ -219,8 +247,11 @@ def _compare_args(t: Node, s: Node) -> list[Problem]:
                 ))  # fmt: skip
             continue
         why = ""
-        if name == "kernel":
-            why = "; growing a kernel is NetMorph's kernel morph (--family netmorph)"
+        if name in ("kernel", "padding"):
+            why = (
+                "; a kernel may grow to a larger odd size when the padding grows by half the"
+                " difference (NetMorph's kernel morph, --family netmorph)"
+            )
         problems.append(Problem(
             f"'{t.path}': {name} changes from {tv} to {sv} ({_where(t, s)}){why};"
             " only widths and repeat counts may change",
@@ -246,6 +277,13 @@ def _match_spaces(
             continue
         sizes[space.id] = t_graph.spaces[t_ids.pop()].size if t_ids else 0
     t_shapes = teacher.state_shapes()
+    for space in graph.spaces:
+        if space.id in sizes and sizes[space.id] == 0:
+            # A space written only by new layers can still be read by old ones (an identity
+            # layer appended before the head): its teacher size is what they read.
+            seen = {t_shapes[r.key][r.dim] // r.mult for r in space.roles if r.key in t_shapes}
+            if len(seen) == 1:
+                sizes[space.id] = seen.pop()
     for space in graph.spaces:
         a = sizes.get(space.id, 0)
         for role in space.roles:

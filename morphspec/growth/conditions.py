@@ -1,0 +1,121 @@
+"""What each growth family needs of a network, as data (the R2R paper's Table 1).
+
+The planner checks these before any tensor moves, and `morph families` prints them.
+Activation classes:
+
+- *keeps channels independent* (the paper's "maintains channel dependencies"): equal input
+  channels give equal output channels. Every channel-wise op we support has it.
+- *fixed point at zero*: σ(0) = 0, needed where new channels or blocks must start at 0.
+- *idempotent*: σ(σ(x)) = σ(x), needed by Net2DeeperNet's identity layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = [
+    "FAMILY_CONDITIONS",
+    "FIXED_POINT_AT_ZERO",
+    "IDEMPOTENT",
+    "KEEPS_CHANNELS_INDEPENDENT",
+    "Conditions",
+]
+
+KEEPS_CHANNELS_INDEPENDENT = frozenset(
+    {"relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity", "dropout",
+     "batchnorm", "maxpool", "avgpool", "global_avgpool"}
+)  # fmt: skip
+# batchnorm maps 0 to 0 on channels whose running_mean and bias are 0 (what new channels get).
+FIXED_POINT_AT_ZERO = frozenset(
+    {"relu", "leaky_relu", "gelu", "silu", "tanh", "identity", "dropout", "batchnorm",
+     "maxpool", "avgpool", "global_avgpool"}
+)  # fmt: skip
+# On inputs that already passed them (a relu after a relu); dropout is the identity in eval.
+IDEMPOTENT = frozenset({"relu", "identity", "dropout"})
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """One column of the families table."""
+
+    family: str
+    widen_activations: str
+    deepen: str
+    deepen_activations: str
+    function_preserving: str
+    requires_noise: bool
+    residual_streams: bool
+    free_parameters: str
+    preserves_parameters: bool
+    new_layers: str
+    new_channels: str
+    kernel_morph: bool
+    noise: str
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+FAMILY_CONDITIONS: dict[str, Conditions] = {
+    "r2r": Conditions(
+        family="r2r",
+        widen_activations="keeps channels independent",
+        deepen="residual blocks that output zero (R2DeeperR)",
+        deepen_activations="keeps channels independent, σ(0)=0 after the block's last layer;"
+        " post is the identity on the stream",
+        function_preserving="exact",
+        requires_noise=False,
+        residual_streams=True,
+        free_parameters="half (U, c, Z)",
+        preserves_parameters=True,
+        new_layers=">= 2 per new block",
+        new_channels="any (pairs, plus one unpaired channel read with a zero column)",
+        kernel_morph=False,
+        noise="on U and Z (exact)",
+    ),
+    "net2net": Conditions(
+        family="net2net",
+        widen_activations="keeps channels independent",
+        deepen="identity layers in new repeat copies (Net2DeeperNet)",
+        deepen_activations="idempotent on the incoming tensor (relu after relu)",
+        function_preserving="exact in eval mode (batchnorm statistics copied)",
+        requires_noise=True,
+        residual_streams=True,
+        free_parameters="none (copies of random old channels)",
+        preserves_parameters=False,
+        new_layers="any",
+        new_channels="any",
+        kernel_morph=False,
+        noise="opposite-sign splits of consumer columns, W/n ± R (exact)",
+    ),
+    "netmorph": Conditions(
+        family="netmorph",
+        widen_activations="keeps channels independent (--netmorph-zero in: and σ(0)=0)",
+        deepen="identity layers in new repeat copies (as Net2DeeperNet)",
+        deepen_activations="idempotent on the incoming tensor (relu after relu)",
+        function_preserving="exact",
+        requires_noise=False,
+        residual_streams=True,
+        free_parameters="half (new producers, or new consumers)",
+        preserves_parameters=True,
+        new_layers="any",
+        new_channels="any",
+        kernel_morph=True,
+        noise="on the random half (exact)",
+    ),
+    "randpad": Conditions(
+        family="randpad",
+        widen_activations="any",
+        deepen="random new blocks",
+        deepen_activations="any",
+        function_preserving="no (the R2R paper's baseline; the deviation is reported)",
+        requires_noise=False,
+        residual_streams=True,
+        free_parameters="all new parameters",
+        preserves_parameters=True,
+        new_layers="any",
+        new_channels="any",
+        kernel_morph=True,
+        noise="none (already random)",
+    ),
+}

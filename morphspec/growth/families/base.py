@@ -1,0 +1,292 @@
+"""What every growth family shares: the per-tensor pipeline and the common conditions.
+
+One student tensor is made at a time (so conversion streams):
+
+1. fresh values: channel-wise parameters at their neutral values (batchnorm weight 1,
+   bias 0, running stats 0/1), weights and biases random at the `--init` scale;
+2. the teacher's tensor copied into its leading slice (centred for a grown kernel), bit for
+   bit; tensors that must start as the identity and have no teacher (a new projection
+   shortcut, Net2DeeperNet's new layers) get an identity stand-in instead;
+3. the family's rule for each channel space the tensor touches: first the columns that read
+   a widened space (for the rows that must keep their values), then the rows that write it.
+
+Random values are drawn in float64 and cast to the teacher's dtype. Everything else is
+copying, negating, zeroing or dividing, so no tensor needs a float64 copy of itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from morphspec.arch.nodes import Node
+from morphspec.errors import PlanRefused, Problem
+from morphspec.growth.conditions import FAMILY_CONDITIONS, IDEMPOTENT, Conditions
+from morphspec.growth.graph import ChannelSpace, Role
+from morphspec.growth.init import (
+    InitMode,
+    add_normal,
+    generator,
+    std_of,
+    tensor_std,
+    uniform_into,
+)  # fmt: skip
+from morphspec.growth.plan import Plan
+
+__all__ = ["Family", "GrowOptions", "RescaleMode", "channel_view"]
+
+RescaleMode = Literal["none", "default_vt", "vt_constraint_old_shape", "vt_constraint_new_shape"]
+CHANNEL_DEFAULTS = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+
+
+@dataclass(frozen=True)
+class GrowOptions:
+    init: InitMode = "match"
+    init_scale: float = 1.0
+    seed: int = 0
+    noise: float = 0.0
+    netmorph_zero: Literal["out", "in"] = "out"
+    rescale: RescaleMode = "none"
+    allow_inexact: bool = False
+
+
+def channel_view(x: torch.Tensor, dim: int, mult: int) -> tuple[torch.Tensor, int]:
+    """`x` with dimension `dim` split into (channels, mult), sharing memory."""
+    if mult == 1:
+        return x, dim
+    shape = list(x.shape)
+    shape[dim : dim + 1] = [shape[dim] // mult, mult]
+    return x.view(shape), dim
+
+
+def leaves(nodes: tuple[Node, ...]) -> list[Node]:
+    out: list[Node] = []
+    for n in nodes:
+        out.extend(leaves(n.children) if n.kind in ("sequential", "repeat") else [n])
+    return out
+
+
+class Family:
+    """Base of the growth families; subclasses set `name` and override the rule hooks."""
+
+    name: ClassVar[str]
+    exact: ClassVar[bool] = True
+    identity_deepen: ClassVar[bool] = False
+
+    def __init__(
+        self, plan: Plan, options: GrowOptions | None = None,
+        get: Callable[[str], torch.Tensor] | None = None,
+    ):  # fmt: skip
+        """`get` reads a teacher tensor by key (rescaling needs the teacher's statistics)."""
+        self.plan = plan
+        self.options = options or GrowOptions()
+        self.conditions: Conditions = FAMILY_CONDITIONS[self.name]
+        self.shapes = plan.student.state_shapes()
+        self.identity_layers: dict[str, Node] = {}
+        from morphspec.growth.rescale import Rescaler
+
+        problems = self.check()
+        self.rescaler = Rescaler(plan, self, problems, get)
+        if problems:
+            raise PlanRefused(problems)
+
+    # -- conditions ---------------------------------------------------------------------
+    def check(self) -> list[Problem]:
+        """Every problem this family has with the plan, found before any tensor moves."""
+        problems: list[Problem] = []
+        plan = self.plan
+        for space in plan.graph.spaces:
+            if self.widened(space) and space.mixing_norms and self.exact:
+                norm = plan.student.node(space.mixing_norms[0])
+                problems.append(Problem(
+                    f"channel space '{space.label}' passes through {norm.kind} '{norm.path}',"
+                    f" whose statistics mix channels: {self.name} would change them. Keep that"
+                    " width, or wait for norm-preserving lifts",
+                    norm.mark,
+                ))  # fmt: skip
+        for layer, op in plan.kernels.items():
+            if not self.conditions.kernel_morph:
+                node = plan.student.node(layer)
+                problems.append(Problem(
+                    f"'{layer}': the kernel grows from {op.old} to {op.new}, which {self.name}"
+                    " does not do; use --family netmorph (its kernel-size morph is exact)",
+                    node.mark,
+                ))  # fmt: skip
+        for shortcut in plan.projections:
+            problems.extend(self._check_projection(plan.student.node(shortcut)))
+        for block in plan.new_blocks:
+            node = plan.student.node(block)
+            if self.identity_deepen:
+                problems.extend(self._check_identity_block(node))
+            else:
+                problems.extend(self.check_new_block(node))
+        return problems
+
+    def check_new_block(self, node: Node) -> list[Problem]:
+        """Conditions on one appended repeat copy; families that deepen override this."""
+        return []
+
+    def _check_projection(self, shortcut: Node) -> list[Problem]:
+        kinds = [c.kind for c in shortcut.children]
+        first = shortcut.children[0] if shortcut.children else None
+        ok = kinds in (["conv"], ["conv", "batchnorm"], ["linear"], ["linear", "batchnorm"])
+        if ok and first is not None and first.kind == "conv":
+            ok = first.args["kernel"] == 1 and first.args["stride"] == 1
+            ok = ok and first.args["padding"] == 0
+        if ok:
+            for child in shortcut.children:
+                self.identity_layers[child.path] = child
+            return []
+        return [Problem(
+            f"new projection shortcut '{shortcut.path}' must be a 1x1 conv (stride 1) or a"
+            " linear, optionally followed by batchnorm, to start as the identity",
+            shortcut.mark,
+        )]  # fmt: skip
+
+    def _check_identity_block(self, node: Node) -> list[Problem]:
+        """Net2DeeperNet: every layer of the new copy starts as the identity."""
+        where = f"new block '{node.path}'"
+        if node.kind == "residual":
+            return [Problem(
+                f"{where} is a residual: identity layers inside it would double the stream"
+                f" (x + x); {self.name} deepens plain blocks, use --family r2r for residual ones",
+                node.mark,
+            )]  # fmt: skip
+        problems: list[Problem] = []
+        nonneg = self.plan.graph.input_nonneg.get(node.path, False)
+        for layer in leaves((node,)):
+            kind = layer.kind
+            if kind in ("linear", "conv", "batchnorm"):
+                problem = self._identity_layer_problem(layer)
+                if problem:
+                    problems.append(Problem(f"{where}: {problem}", layer.mark))
+                else:
+                    self.identity_layers[layer.path] = layer
+            elif kind in IDEMPOTENT:
+                if kind == "relu" and not nonneg:
+                    problems.append(Problem(
+                        f"{where}: relu '{layer.path}' is the identity only on a non-negative"
+                        " input, and the tensor entering the block can be negative (it does not"
+                        " come out of a relu)",
+                        layer.mark,
+                    ))  # fmt: skip
+            else:
+                problems.append(Problem(
+                    f"{where}: '{layer.path}' is a {kind}; Net2DeeperNet needs every layer of a"
+                    " new block to start as the identity, so its activations must be idempotent"
+                    " (relu, on a non-negative input), and tanh, gelu and the like are not",
+                    layer.mark,
+                ))  # fmt: skip
+        return problems
+
+    def _identity_layer_problem(self, layer: Node) -> str | None:
+        if layer.kind == "batchnorm":
+            return None
+        sizes = {
+            self.plan.teacher_size[s.id] for _, s in self.plan.graph.roles(layer.key("weight"))
+        }
+        if len(sizes) != 1:
+            return f"'{layer.path}' changes the width, so it cannot start as the identity"
+        if layer.kind == "conv":
+            a = layer.args
+            if a["kernel"] % 2 == 0 or a["stride"] != 1:
+                return f"conv '{layer.path}' needs an odd kernel and stride 1 to be the identity"
+            if a["padding"] != a["dilation"] * (a["kernel"] - 1) // 2:
+                return f"conv '{layer.path}' needs 'same' padding to be the identity"
+        return None
+
+    def widened(self, space: ChannelSpace) -> bool:
+        return space.size > self.plan.teacher_size[space.id]
+
+    # -- tensors --------------------------------------------------------------------------
+    def tensor(
+        self, key: str, teacher: torch.Tensor | None, reference: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:  # fmt: skip
+        """The student's `key` in `dtype`."""
+        shape = self.shapes[key]
+        local = key.rsplit(".", 1)[-1]
+        node_path = key.rsplit(".", 1)[0]
+        if local == "num_batches_tracked":
+            return teacher.clone() if teacher is not None else torch.zeros(shape, dtype=dtype)
+        roles = list(self.plan.graph.roles(key))
+        if teacher is None and node_path in self.identity_layers:
+            teacher = self._identity(self.identity_layers[node_path], local, dtype)
+        if teacher is not None:
+            teacher = self.rescaler.teacher(key, teacher)
+        is_channel = any(r.kind == "channel" for r, _ in roles)
+        if is_channel:
+            x = torch.full(shape, CHANNEL_DEFAULTS.get(local, 0.0), dtype=torch.float64).to(dtype)
+        else:
+            existing = teacher if teacher is not None else reference
+            std = tensor_std(existing, shape, self.options.init, self.options.init_scale)
+            x = torch.empty(shape, dtype=dtype)
+            uniform_into(x, std, generator(self.options.seed, key))
+            if self.options.noise:
+                add_normal(x, self.options.noise * std, generator(self.options.seed, key, "noise"))
+        if teacher is not None:
+            region = self.region(key, tuple(teacher.shape))
+            if local == "weight" and node_path in self.plan.kernels and self.exact:
+                x[tuple(slice(0, n) for n in teacher.shape[:2])] = 0  # the border is zero
+            x[region] = teacher
+        self.fix(key, node_path, local, x)
+        old_rows = int(teacher.shape[0]) if teacher is not None and teacher.dim() else 0
+        for role, space in roles:
+            if role.kind == "consumer" and self.widened(space):
+                rows = self.protected_rows(x, key, old_rows)
+                if rows is not None:
+                    v, d = channel_view(rows, role.dim, role.mult)
+                    self.consume(v, d, space, key)
+        for role, space in roles:
+            if role.kind != "consumer" and self.widened(space):
+                v, d = channel_view(x, role.dim, role.mult)
+                self.produce(v, d, space, key, role)
+        return x
+
+    def region(self, key: str, tshape: tuple[int, ...]) -> tuple[slice, ...]:
+        """Where the teacher's tensor goes: the leading slice, centred in a grown kernel."""
+        grown = self.plan.kernels.get(key.rsplit(".", 1)[0])
+        if grown is None or not key.endswith(".weight") or len(tshape) != 4:
+            return tuple(slice(0, n) for n in tshape)
+        off = (grown.new - grown.old) // 2
+        return (slice(0, tshape[0]), slice(0, tshape[1]),
+                slice(off, off + tshape[2]), slice(off, off + tshape[3]))  # fmt: skip
+
+    def protected_rows(self, x: torch.Tensor, key: str, old_rows: int) -> torch.Tensor | None:
+        """The rows whose outputs must not change: the teacher's (real or stand-in) rows."""
+        return x.narrow(0, 0, old_rows) if old_rows else None
+
+    def _identity(self, node: Node, local: str, dtype: torch.dtype) -> torch.Tensor:
+        """The teacher-sized identity stand-in for `node`'s parameter `local`."""
+        roles = list(self.plan.graph.roles(node.key(local)))
+        a = self.plan.teacher_size[roles[0][1].id] if roles else 0
+        if node.kind == "batchnorm":
+            value = {"weight": math.sqrt(1.0 + node.args["eps"]), "running_var": 1.0}
+            return torch.full((a,), value.get(local, 0.0), dtype=torch.float64).to(dtype)
+        if local == "bias":
+            return torch.zeros(a, dtype=dtype)
+        k = node.args.get("kernel", 1) if node.kind == "conv" else 1
+        w = torch.zeros((a, a, k, k) if node.kind == "conv" else (a, a), dtype=dtype)
+        idx = torch.arange(a)
+        if node.kind == "conv":
+            w[idx, idx, k // 2, k // 2] = 1
+        else:
+            w[idx, idx] = 1
+        return w
+
+    # -- the family's rule ---------------------------------------------------------------
+    def fix(self, key: str, node_path: str, local: str, x: torch.Tensor) -> None:
+        """Family-specific values fixed before the widening rules (R2DeeperR's zeros)."""
+
+    def consume(self, v: torch.Tensor, d: int, space: ChannelSpace, key: str) -> None:
+        """Set the columns of a widened space's new channels, for rows that keep values."""
+
+    def produce(self, v: torch.Tensor, d: int, space: ChannelSpace, key: str, role: Role) -> None:
+        """Set the rows (or channel-wise entries) of a widened space's new channels."""
+
+    def noise_std(self, existing: torch.Tensor) -> float:
+        return self.options.noise * std_of(existing)

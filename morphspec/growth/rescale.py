@@ -1,0 +1,211 @@
+"""Variance-transfer rescaling (Yuan et al. 2023, as in GroMo) that keeps the function exact.
+
+For each widened hidden space (one producer layer, one or more consumer layers, no residual
+join) the teacher's producer weights are scaled by α and the consumers' by β:
+
+| strategy | α (producer) | β (consumer) |
+| --- | --- | --- |
+| default_vt | 1 | √(h_t / h_{t+1}) |
+| vt_constraint_old_shape | 1/√(fan_in₁ · Var W₁) | 1/√(h_t · k₂² · Var W₂) |
+| vt_constraint_new_shape | 1/√(fan_in₁ · Var W₁) | 1/√(h_{t+1} · k₂² · Var W₂) |
+
+so that Var(αW₁) = 1/fan_in₁ and Var(βW₂) = 1/(h·k₂²) with h the old (B) or new (C) width.
+Var is the unbiased sample variance of the teacher's tensor. The consumer then sees its
+input scaled by α and its weights by β, and the scale is compensated where it is exact:
+
+- a batchnorm in the hidden space absorbs α in its statistics and 1/β in its affine output:
+  for an input scaled by s, running_mean·s, running_var·s² and weight
+  γ·√(s²v+ε)/(s·√(v+ε)) give exactly the old output (scaling the statistics alone would
+  leave an ε error of relative size ~ε/v); weight and bias ·(1/β) then scale the output;
+- ops between the scaled layers must be positively homogeneous (relu, leaky_relu, pooling,
+  dropout, identity), so the scale passes through them unchanged;
+- with no batchnorm in the hidden space, the consumer's output is scaled by c = αβ; a
+  batchnorm right after the consumer absorbs it (the consumer's bias is scaled by c too);
+- otherwise there is no exact compensation: refused, unless --allow-inexact, which applies
+  α and β uncompensated (convert then reports the measured deviation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from morphspec.errors import Problem
+from morphspec.growth.graph import ChannelSpace
+from morphspec.growth.init import std_of
+from morphspec.growth.plan import Plan
+
+if TYPE_CHECKING:
+    from morphspec.growth.families.base import Family
+
+__all__ = ["HOMOGENEOUS", "Rescaler", "SpaceScale"]
+
+HOMOGENEOUS = frozenset(
+    {"relu", "leaky_relu", "maxpool", "avgpool", "global_avgpool", "dropout", "identity"}
+)
+TensorGetter = Callable[[str], torch.Tensor]
+
+
+@dataclass
+class SpaceScale:
+    """The factors chosen for one hidden space (reported in the plan's JSON)."""
+
+    space: str
+    alpha: float
+    beta: dict[str, float]
+    compensation: str
+
+
+@dataclass
+class _BatchnormScale:
+    s_in: float = 1.0
+    s_out: float = 1.0
+
+
+@dataclass
+class Rescaler:
+    """Scales teacher tensors as the strategy says and compensates the scale exactly."""
+
+    plan: Plan
+    family: Family
+    problems: list[Problem]
+    get: TensorGetter | None = None
+    factors: dict[str, float] = field(default_factory=dict)
+    batchnorms: dict[str, _BatchnormScale] = field(default_factory=dict)
+    scales: list[SpaceScale] = field(default_factory=list)
+    inexact: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        mode = self.family.options.rescale
+        if mode == "none":
+            return
+        if self.family.name == "net2net":
+            self.problems.append(Problem(
+                "--rescale applies to families that keep the teacher's parameters (r2r,"
+                " netmorph); net2net already divides consumer columns by replica counts"
+            ))  # fmt: skip
+            return
+        if self.get is None:
+            raise ValueError("rescaling needs the teacher's tensors")
+        for space in self.plan.graph.spaces:
+            if self.family.widened(space) and self.plan.teacher_size[space.id]:
+                self._space(space)
+
+    # -- planning ---------------------------------------------------------------------------
+    def _space(self, space: ChannelSpace) -> None:
+        plan, mode = self.plan, self.family.options.rescale
+        producers = {r.node for r in space.producers()}
+        kinds = {plan.student.node(p).kind for p in producers | {r.node for r in space.consumers()}}
+        if len(producers) != 1 or len(space.edges) != 1 or not kinds <= {"linear", "conv"}:
+            return  # a residual stream or an mlp/attention space: not a hidden layer to rescale
+        (producer,) = producers
+        assert self.get is not None
+        w1 = self.get(f"{producer}.weight")
+        fan_in_1 = math.prod(w1.shape[1:])
+        alpha = 1.0 if mode == "default_vt" else 1.0 / math.sqrt(fan_in_1 * std_of(w1) ** 2)
+        h_t, h_new = self.plan.teacher_size[space.id], space.size
+        betas: dict[str, float] = {}
+        for role in space.consumers():
+            w2 = self.get(role.key)
+            per_channel = math.prod(w2.shape[1:]) // h_t  # k² (or H·W after a flatten)
+            if mode == "default_vt":
+                betas[role.node] = math.sqrt(h_t / h_new)
+            else:
+                h = h_t if mode == "vt_constraint_old_shape" else h_new
+                betas[role.node] = 1.0 / math.sqrt(h * per_channel * std_of(w2) ** 2)
+        compensation = self._compensate(space, producer, alpha, betas)
+        self.scales.append(SpaceScale(space.label, alpha, betas, compensation))
+
+    def _compensate(
+        self, space: ChannelSpace, producer: str, alpha: float, betas: dict[str, float]
+    ) -> str:
+        self._scale(f"{producer}.weight", alpha)
+        self._scale(f"{producer}.bias", alpha)
+        for node, beta in betas.items():
+            self._scale(f"{node}.weight", beta)
+        bns = [p for p, k in space.ops if k == "batchnorm"]
+        others = [(p, k) for p, k in space.ops if k != "batchnorm" and k not in HOMOGENEOUS]
+        if others:
+            return self._no_exact(
+                space, f"{others[0][1]} '{others[0][0]}' is not positively homogeneous"
+            )
+        if len(bns) == 1 and len(set(betas.values())) == 1:
+            bn = self.batchnorms.setdefault(bns[0], _BatchnormScale())
+            bn.s_in *= alpha
+            bn.s_out /= next(iter(betas.values()))
+            return f"batchnorm '{bns[0]}' absorbs α in its statistics and 1/β in its affine output"
+        if bns:
+            return self._no_exact(
+                space, "it holds several batchnorms, or consumers with different β"
+            )
+        notes = []
+        for node, beta in betas.items():
+            c = alpha * beta
+            if abs(c - 1.0) < 1e-12:
+                continue
+            after = self._batchnorm_after(node)
+            if after is None:
+                return self._no_exact(
+                    space, f"no batchnorm in it or right after '{node}' to absorb c = αβ = {c:.4g}"
+                )
+            self._scale(f"{node}.bias", c)
+            self.batchnorms.setdefault(after, _BatchnormScale()).s_in *= c
+            notes.append(f"batchnorm '{after}' absorbs c = αβ after '{node}'")
+        return "; ".join(notes) or "αβ = 1"
+
+    def _batchnorm_after(self, node: str) -> str | None:
+        """The batchnorm that follows `node` in its own list, through homogeneous ops only
+        (the end of a residual body is a sum with an unscaled tensor: the search stops)."""
+        for parent in self.plan.student.nodes():
+            paths = [c.path for c in parent.children]
+            if node in paths:
+                for sibling in parent.children[paths.index(node) + 1 :]:
+                    if sibling.kind == "batchnorm":
+                        return sibling.path
+                    if sibling.kind not in HOMOGENEOUS:
+                        return None
+        return None
+
+    def _no_exact(self, space: ChannelSpace, why: str) -> str:
+        message = (
+            f"--rescale {self.family.options.rescale}: no exact compensation for space"
+            f" '{space.label}': {why}"
+        )
+        if self.family.options.allow_inexact:
+            self.inexact.append(message)
+            return "none (inexact, --allow-inexact)"
+        self.problems.append(
+            Problem(message + "; pass --allow-inexact to convert anyway and report the deviation")
+        )
+        return "refused"
+
+    def _scale(self, key: str, factor: float) -> None:
+        if key in self.plan.student.state_shapes():
+            self.factors[key] = self.factors.get(key, 1.0) * factor
+
+    # -- tensors ----------------------------------------------------------------------------
+    def teacher(self, key: str, t: torch.Tensor) -> torch.Tensor:
+        """The teacher's tensor after rescaling and compensation (unchanged when none)."""
+        node, _, local = key.rpartition(".")
+        f = self.factors.get(key, 1.0)
+        bn = self.batchnorms.get(node)
+        if f == 1.0 and bn is None:
+            return t
+        x = t.double() * f
+        if bn is not None:
+            s_in, s_out = bn.s_in, bn.s_out
+            if local == "running_mean":
+                x = x * s_in
+            elif local == "running_var":
+                x = x * s_in**2
+            elif local in ("weight", "bias") and self.get is not None:
+                if local == "weight":
+                    v = self.get(f"{node}.running_var").double()
+                    eps = self.plan.student.node(node).args["eps"]
+                    x = x * torch.sqrt(s_in**2 * v + eps) / (s_in * torch.sqrt(v + eps))
+                x = x * s_out
+        return x.to(t.dtype)

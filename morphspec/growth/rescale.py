@@ -92,7 +92,7 @@ class Rescaler:
         if self.get is None:
             raise ValueError("rescaling needs the teacher's tensors")
         for space in self.plan.graph.spaces:
-            if self.family.widened(space) and self.plan.teacher_size[space.id]:
+            if self.family.widened(space) and self.family.sizes[space.id]:
                 self._space(space)
 
     # -- planning ---------------------------------------------------------------------------
@@ -107,7 +107,7 @@ class Rescaler:
         w1 = self.get(f"{producer}.weight")
         fan_in_1 = math.prod(w1.shape[1:])
         alpha = 1.0 if mode == "default_vt" else 1.0 / math.sqrt(fan_in_1 * std_of(w1) ** 2)
-        h_t, h_new = self.plan.teacher_size[space.id], space.size
+        h_t, h_new = self.family.sizes[space.id], space.size
         betas: dict[str, float] = {}
         for role in space.consumers():
             w2 = self.get(role.key)

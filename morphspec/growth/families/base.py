@@ -86,6 +86,8 @@ class Family:
         self.options = options or GrowOptions()
         self.conditions: Conditions = FAMILY_CONDITIONS[self.name]
         self.shapes = plan.student.state_shapes()
+        self.sizes = dict(plan.teacher_size)
+        """Each student space's size in the teacher; identity layers extend it (below)."""
         self.identity_layers: dict[str, Node] = {}
         from morphspec.growth.rescale import Rescaler
 
@@ -186,10 +188,12 @@ class Family:
     def _identity_layer_problem(self, layer: Node) -> str | None:
         if layer.kind == "batchnorm":
             return None
-        sizes = {
-            self.plan.teacher_size[s.id] for _, s in self.plan.graph.roles(layer.key("weight"))
-        }
-        if len(sizes) != 1:
+        spaces = {r.kind: s for r, s in self.plan.graph.roles(layer.key("weight"))}
+        src, dst = spaces["consumer"], spaces["producer"]
+        if self.sizes[dst.id] == 0:
+            # Written only by new layers: an identity layer carries the teacher's width on.
+            self.sizes[dst.id] = self.sizes[src.id]
+        if self.sizes[dst.id] != self.sizes[src.id] or dst.size != src.size:
             return f"'{layer.path}' changes the width, so it cannot start as the identity"
         if layer.kind == "conv":
             a = layer.args
@@ -200,7 +204,7 @@ class Family:
         return None
 
     def widened(self, space: ChannelSpace) -> bool:
-        return space.size > self.plan.teacher_size[space.id]
+        return space.size > self.sizes[space.id]
 
     # -- tensors --------------------------------------------------------------------------
     def tensor(
@@ -263,7 +267,7 @@ class Family:
     def _identity(self, node: Node, local: str, dtype: torch.dtype) -> torch.Tensor:
         """The teacher-sized identity stand-in for `node`'s parameter `local`."""
         roles = list(self.plan.graph.roles(node.key(local)))
-        a = self.plan.teacher_size[roles[0][1].id] if roles else 0
+        a = self.sizes[roles[0][1].id] if roles else 0
         if node.kind == "batchnorm":
             value = {"weight": math.sqrt(1.0 + node.args["eps"]), "running_var": 1.0}
             return torch.full((a,), value.get(local, 0.0), dtype=torch.float64).to(dtype)

@@ -37,7 +37,7 @@ class Net2Net(Family):
     def mapping(self, space: ChannelSpace) -> tuple[torch.Tensor, torch.Tensor]:
         """g (the old channel each new one copies) and the count of each old channel."""
         if space.id not in self._maps:
-            a = self.plan.teacher_size[space.id]
+            a = self.sizes[space.id]
             gen = generator(self.options.seed, f"space:{space.label}", "net2net")
             g = torch.randint(0, a, (space.size - a,), generator=gen)
             counts = torch.ones(a, dtype=torch.int64).index_add_(0, g, torch.ones_like(g))
@@ -45,7 +45,7 @@ class Net2Net(Family):
         return self._maps[space.id]
 
     def consume(self, v: torch.Tensor, d: int, space: ChannelSpace, key: str) -> None:
-        a = self.plan.teacher_size[space.id]
+        a = self.sizes[space.id]
         g, counts = self.mapping(space)
         old = v.narrow(d, 0, a)
         shape = [1] * v.dim()
@@ -64,6 +64,6 @@ class Net2Net(Family):
             v.narrow(d, c, 1).sub_(r)
 
     def produce(self, v: torch.Tensor, d: int, space: ChannelSpace, key: str, role: Role) -> None:
-        a = self.plan.teacher_size[space.id]
+        a = self.sizes[space.id]
         g, _ = self.mapping(space)
         v.narrow(d, a, space.size - a).copy_(v.index_select(d, g))

@@ -49,10 +49,10 @@ class NetMorph(Family):
 
     def consume(self, v: torch.Tensor, d: int, space: ChannelSpace, key: str) -> None:
         if self.options.netmorph_zero == "out":
-            a = self.plan.teacher_size[space.id]
+            a = self.sizes[space.id]
             v.narrow(d, a, space.size - a).zero_()
 
     def produce(self, v: torch.Tensor, d: int, space: ChannelSpace, key: str, role: Role) -> None:
         if self.options.netmorph_zero == "in" and role.kind == "producer":
-            a = self.plan.teacher_size[space.id]
+            a = self.sizes[space.id]
             v.narrow(d, a, space.size - a).zero_()

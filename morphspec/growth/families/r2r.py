@@ -98,7 +98,7 @@ class R2R(Family):
             )]  # fmt: skip
         weight = terminal.key("down_proj.weight" if terminal.kind == "mlp" else "weight")
         in_space = next(s for r, s in self.plan.graph.roles(weight) if r.kind == "consumer")
-        if self.plan.teacher_size[in_space.id] != 0 or in_space.is_input:
+        if self.sizes[in_space.id] != 0 or in_space.is_input:
             problems.append(Problem(
                 f"new block '{node.path}': the last layer '{terminal.path}' reads the stream"
                 " directly; R2DeeperR needs at least two layers in the body (the paper's"
@@ -131,7 +131,7 @@ class R2R(Family):
         return super().protected_rows(x, key, old_rows)
 
     def consume(self, v: torch.Tensor, d: int, space: ChannelSpace, key: str) -> None:
-        a = self.plan.teacher_size[space.id]
+        a = self.sizes[space.id]
         pairs, odd = (space.size - a) // 2, (space.size - a) % 2
         if pairs:
             v.narrow(d, a + pairs, pairs).copy_(-v.narrow(d, a, pairs))
@@ -139,7 +139,7 @@ class R2R(Family):
             v.narrow(d, a + 2 * pairs, 1).zero_()
 
     def produce(self, v: torch.Tensor, d: int, space: ChannelSpace, key: str, role: Role) -> None:
-        a = self.plan.teacher_size[space.id]
+        a = self.sizes[space.id]
         pairs = (space.size - a) // 2
         if pairs:
             v.narrow(d, a + pairs, pairs).copy_(v.narrow(d, a, pairs))

@@ -102,7 +102,7 @@ def test_net2net_noise_splits_columns_and_stays_exact(tmp_path: Path) -> None:
 
 
 def test_netmorph_zero_in_is_exact_and_zeroes_producers(tmp_path: Path) -> None:
-    result, rel_err = grow(tmp_path, WIDEN["resnet_cifar"], family="netmorph", netmorph_zero="in")
+    _, rel_err = grow(tmp_path, WIDEN["resnet_cifar"], family="netmorph", netmorph_zero="in")
     assert rel_err <= 1e-5
     s = read_tensors(tmp_path / "student.safetensors")
     assert torch.count_nonzero(s["layer1.0.conv1.weight"][5:]) == 0

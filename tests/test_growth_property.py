@@ -17,11 +17,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from growth_helpers import check_exact
+import pytest
+import torch
+from growth_helpers import check_exact, make_teacher, read_tensors, write_spec
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+import morphspec
 from morphspec.convert import plan_for
+from morphspec.errors import NotPreservingError
+from morphspec.growth.init import std_of
 
 ACTS = ("relu", "tanh", "gelu", "leaky_relu")
 WIDTH = st.integers(1, 12)
@@ -222,3 +227,72 @@ def test_r2r_growth_is_exact(case: Case, seed: int) -> None:
     odd = any(op.odd for op in plan.widens)
     event(f"{case.kind}: {' '.join(sorted({op.op for op in plan.ops}))}{' odd' if odd else ''}")
     event(f"rel_err: 1e{math.floor(math.log10(max(ver.rel_err, 1e-12)))}")
+
+
+# -- teacher dtypes ----------------------------------------------------------------------------
+
+SMALL_RESNET = """
+morphspec: 1
+name: {name}
+vars: {{w: {w}, n: {n}}}
+input: {{shape: [2, 8, 8]}}
+blocks:
+  basic:
+    args: {{width: required, stride: 1}}
+    residual:
+      body:
+        - conv: {{name: conv1, out: width, kernel: 3, stride: stride, padding: 1, bias: false}}
+        - batchnorm: {{name: bn1}}
+        - relu
+        - conv: {{name: conv2, out: width, kernel: 3, padding: 1, bias: false}}
+        - batchnorm: {{name: bn2}}
+      shortcut: {{name: downsample}}
+      post: relu
+body:
+  - conv: {{name: conv1, out: w, kernel: 3, padding: 1, bias: false}}
+  - batchnorm: {{name: bn1}}
+  - relu
+  - repeat: {{name: layer1, times: n, block: basic, args: {{width: w}}}}
+  - repeat: {{name: layer2, times: n, block: basic, args: {{width: 2*w}}, first: {{stride: 2}}}}
+  - global_avgpool
+  - linear: {{name: fc, out: 3}}
+"""
+
+_F64 = (
+    "BUG: growth/init.py std_of() computes the spread with `.double().sub_(mean).square_()`;"
+    " for a float64 tensor .double() is the tensor itself, so the teacher's tensor is"
+    " overwritten with its squared deviations before being copied into the student"
+    " (repro: t = torch.tensor([1., 2., 4.], dtype=torch.float64); std_of(t); t is now"
+    " [1.78, 0.11, 2.78]); a float64 teacher converts to rel_err ~1"
+)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float16,
+        torch.bfloat16,
+        pytest.param(
+            torch.float64,
+            marks=pytest.mark.xfail(strict=True, raises=NotPreservingError, reason=_F64),
+        ),
+    ],
+    ids=str,
+)
+def test_teacher_dtype_is_kept_and_growth_exact(tmp_path: Path, dtype: torch.dtype) -> None:
+    teacher = write_spec(tmp_path / "teacher.yaml", SMALL_RESNET.format(name="t", w=3, n=1))
+    student = write_spec(tmp_path / "student.yaml", SMALL_RESNET.format(name="s", w=6, n=2))
+    ckpt = make_teacher(teacher, out=tmp_path / "fp32.safetensors")
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in read_tensors(ckpt).items()}
+    cast = morphspec.save(state, tmp_path / "teacher.safetensors", spec=teacher)
+    # check_exact checks that every teacher tensor keeps its dtype and its bits
+    check_exact(teacher, student, tmp_path, teacher_ckpt=cast)
+    for key, value in read_tensors(tmp_path / "student.safetensors").items():
+        assert value.dtype == (dtype if value.is_floating_point() else torch.int64), key
+
+
+@pytest.mark.xfail(strict=True, reason=_F64)
+def test_std_of_leaves_its_input_alone() -> None:
+    t = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    std_of(t)
+    assert t.tolist() == [1.0, 2.0, 4.0]

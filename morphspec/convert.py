@@ -81,6 +81,12 @@ def default_output(student_spec: str | Path, student: Arch) -> Path:
 
 
 def _check_output(output: Path, reader: CheckpointReader, force: bool) -> None:
+    if output.is_dir():
+        raise MorphError(
+            f"the output {output} is a folder; give a file name such as"
+            f" {output / 'student.safetensors'}",
+            Mark(str(output)),
+        )
     target = output.resolve()
     for path in reader.paths:
         if path.resolve() == target or (output.exists() and os.path.samefile(path, output)):

@@ -5,9 +5,10 @@ activations, pooling, pre- or post-activation residual blocks, identity or proje
 shortcuts, post relu or none), the teacher's sizes, and a growth: widths (odd increments
 and increments of 1 included), repeat counts, or both. Teacher and student are written as
 YAML files that differ only in their `vars`, the teacher gets seeded weights and non-trivial
-batchnorm statistics, and `convert(..., verify=True)` must pass with `rel_err <= 1e-5`
-(fp32, eval mode); `check_exact` also checks the teacher's tensors are embedded bit for
-bit and that the new channels are not all zero where the rule leaves them free.
+batchnorm statistics, the free parameters are drawn with `--init match` or `he`, and
+`convert(..., verify=True)` must pass with `rel_err <= 1e-5` (fp32, eval mode);
+`check_exact` also checks that the teacher's tensors are embedded bit for bit and that the
+new channels are not all zero where the rule leaves them free.
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from growth_helpers import check_exact, make_teacher, read_tensors, write_spec
+from growth_helpers import (
+    check_exact,
+    make_teacher,
+    one_intraop_thread,
+    read_tensors,
+    write_spec,
+)
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import morphspec
-from morphspec.errors import NotPreservingError
 from morphspec.growth.init import std_of
 
 ACTS = ("relu", "tanh", "gelu", "leaky_relu")
@@ -208,12 +214,9 @@ def cases(draw: st.DrawFn) -> Case:
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread() -> Iterator[None]:
+    with one_intraop_thread():
+        yield
 
 
 @settings(
@@ -223,15 +226,15 @@ def one_thread() -> Iterator[None]:
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-@given(case=cases(), seed=st.integers(0, 3))
-def test_r2r_growth_is_exact(case: Case, seed: int) -> None:
+@given(case=cases(), seed=st.integers(0, 3), init=st.sampled_from(["match", "he"]))
+def test_r2r_growth_is_exact(case: Case, seed: int, init: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         teacher = tmp / "teacher.yaml"
         student = tmp / "student.yaml"
         teacher.write_text(case.yaml("teacher", case.teacher), encoding="utf-8")
         student.write_text(case.yaml("student", case.student), encoding="utf-8")
-        ver = check_exact(teacher, student, tmp, teacher_seed=seed, seed=seed)
+        ver = check_exact(teacher, student, tmp, teacher_seed=seed, seed=seed, init=init)
     grown = {k for k in case.teacher if case.student[k] != case.teacher[k]}
     odd = any(
         (case.student[k] - case.teacher[k]) % 2 for k in grown if k.startswith(("w", "f", "h"))
@@ -273,24 +276,13 @@ body:
   - linear: {{name: fc, out: 3}}
 """
 
-_F64 = (
-    "BUG: growth/init.py std_of() computes the spread with `.double().sub_(mean).square_()`;"
-    " for a float64 tensor .double() is the tensor itself, so the teacher's tensor is"
-    " overwritten with its squared deviations before being copied into the student"
-    " (repro: t = torch.tensor([1., 2., 4.], dtype=torch.float64); std_of(t); t is now"
-    " [1.78, 0.11, 2.78]); a float64 teacher converts to rel_err ~1"
-)
-
 
 @pytest.mark.parametrize(
     "dtype",
     [
         torch.float16,
         torch.bfloat16,
-        pytest.param(
-            torch.float64,
-            marks=pytest.mark.xfail(strict=True, raises=NotPreservingError, reason=_F64),
-        ),
+        torch.float64,
     ],
     ids=str,
 )
@@ -306,7 +298,6 @@ def test_teacher_dtype_is_kept_and_growth_exact(tmp_path: Path, dtype: torch.dty
         assert value.dtype == (dtype if value.is_floating_point() else torch.int64), key
 
 
-@pytest.mark.xfail(strict=True, reason=_F64)
 def test_std_of_leaves_its_input_alone() -> None:
     t = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
     std_of(t)

@@ -62,6 +62,8 @@ class ChannelSpace:
     mixing_norms: list[str] = field(default_factory=list)
     ops: list[tuple[str, str]] = field(default_factory=list)
     """(path, kind) of every channel-wise op applied to a tensor of this space."""
+    frozen_by: list[str] = field(default_factory=list)
+    """Layers that fix this space's width (a flatten of [T, C] interleaves channels)."""
     is_input: bool = False
     is_output: bool = False
 
@@ -130,6 +132,7 @@ class _Builder:
         self.pending: list[_Pending] = []
         self.norms: list[tuple[str, str]] = []
         self.ops: list[tuple[str, str, str]] = []
+        self.frozen: list[tuple[str, str]] = []
         self.nonneg: dict[str, bool] = {}
         self.input_nonneg: dict[str, bool] = {}
 
@@ -171,7 +174,10 @@ class _Builder:
                 return edge, mult * node.inp.dims[1] * node.inp.dims[2]
             if node.inp.layout == "vector":
                 return edge, mult
-            out = self.edge(node.path, node.out.channels)  # a [T, C] flatten interleaves channels
+            # [T, C] -> [T*C] puts channel c at t*C + c: new channels would interleave with
+            # old ones, so the space before it must keep its width.
+            self.frozen.append((node.path, edge))
+            out = self.edge(node.path, node.out.channels)
             return out, 1
         out = self.edge(node.path, node.out.channels if node.out.layout != "tokens" else 0)
         if kind in ("linear", "conv"):
@@ -243,6 +249,8 @@ def space_graph(arch: Arch) -> SpaceGraph:
         tensor_roles.setdefault(p.role.key, []).append((p.role, sid))
     for path, edge in b.norms:
         spaces[edge_space[edge]].mixing_norms.append(path)
+    for path, edge in b.frozen:
+        spaces[edge_space[edge]].frozen_by.append(path)
     for path, kind, edge in b.ops:
         spaces[edge_space[edge]].ops.append((path, kind))
     spaces[edge_space[first]].is_input = True

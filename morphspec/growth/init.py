@@ -63,7 +63,9 @@ def std_of(t: torch.Tensor) -> float:
     mean = total / n
     sq = 0.0
     for start in range(0, n, CHUNK):
-        sq += float(flat[start : start + CHUNK].double().sub_(mean).square_().sum())
+        sq += float(
+            flat[start : start + CHUNK].to(torch.float64, copy=True).sub_(mean).square_().sum()
+        )
     return math.sqrt(sq / (n - 1))
 
 

@@ -145,15 +145,17 @@ def diff(teacher: Arch, student: Arch) -> Plan:
 
     if teacher.input != student.input:
         problems.append(Problem(
-            f"the input changes from {teacher.input} ({teacher.input.dtype}) to"
-            f" {student.input} ({student.input.dtype}); growth keeps the input",
+            f"the input changes from {teacher.input} ({teacher.input.dtype}, teacher"
+            f" {teacher.spec.mark(('input',))}) to {student.input} ({student.input.dtype});"
+            " growth keeps the input",
             student.spec.mark(("input",)),
         ))  # fmt: skip
     if teacher.output != student.output:
+        s_last, t_last = _last_layer(student), _last_layer(teacher)
         problems.append(Problem(
-            f"the output changes from {teacher.output} to {student.output}; growth keeps what"
-            " the network outputs (its last layer's width)",
-            student.spec.mark(("body",)),
+            f"the output changes from {teacher.output} to {student.output} (last layer"
+            f" '{s_last.path}', teacher {t_last.mark}); growth keeps what the network outputs",
+            s_last.mark,
         ))  # fmt: skip
     for path, t in t_nodes.items():
         s = s_nodes.get(path)
@@ -230,6 +232,12 @@ def _grown_kernel(t: Node, s: Node) -> GrowKernel | None:
     if s.args["padding"] - t.args["padding"] != dil * (sk - tk) // 2:
         return None
     return GrowKernel(t.path, tk, sk)
+
+
+def _last_layer(arch: Arch) -> Node:
+    """The last layer that owns parameters (the one that sets the output's width)."""
+    with_params = [n for n in arch.nodes() if n.params]
+    return with_params[-1] if with_params else arch.root
 
 
 def _compare_args(t: Node, s: Node, skip: set[str]) -> list[Problem]:

@@ -70,6 +70,16 @@ def leaves(nodes: tuple[Node, ...]) -> list[Node]:
     return out
 
 
+def _units(node: Node) -> list[Node]:
+    """A new repeat copy as the blocks it is made of: a `body:` repeat wraps each copy's
+    layers in a sequential, so a copy of `[residual]` is that one residual."""
+    if node.kind == "sequential" and node.children:
+        units = [unit for child in node.children for unit in _units(child)]
+        if all(u.kind == "residual" for u in units):
+            return units
+    return [node]
+
+
 class Family:
     """Base of the growth families; subclasses set `name` and override the rule hooks."""
 
@@ -110,6 +120,14 @@ class Family:
                     " width, or wait for norm-preserving lifts",
                     norm.mark,
                 ))  # fmt: skip
+            if self.widened(space) and space.frozen_by:
+                node = plan.student.node(space.frozen_by[0])
+                problems.append(Problem(
+                    f"channel space '{space.label}' cannot widen: '{node.path}' flattens a"
+                    " [T, C] sequence, which interleaves channels (feature t*C + c), so new"
+                    " channels would land between old features",
+                    node.mark,
+                ))  # fmt: skip
         for layer, op in plan.kernels.items():
             if not self.conditions.kernel_morph:
                 node = plan.student.node(layer)
@@ -125,7 +143,8 @@ class Family:
             if self.identity_deepen:
                 problems.extend(self._check_identity_block(node))
             else:
-                problems.extend(self.check_new_block(node))
+                for unit in _units(node):
+                    problems.extend(self.check_new_block(unit))
         return problems
 
     def check_new_block(self, node: Node) -> list[Problem]:

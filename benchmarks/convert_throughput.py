@@ -181,10 +181,6 @@ def run_convert(cmd: list[str]) -> Run:
     return Run(wall, cpu, usage.ru_maxrss * 1024, usage.ru_minflt, sampler.peak, sampler.samples)
 
 
-def verdict(value: float, goal: float) -> str:
-    return "PASS" if value <= goal else "FAIL"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-gb", type=float, default=1.0, help="teacher size (default 1)")
@@ -194,17 +190,14 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="morph-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    bindir = Path(sys.executable).parent
+    bindir, py = Path(sys.executable).parent, [sys.executable, "-c"]
     morph = str(bindir / "morph") if (bindir / "morph").exists() else shutil.which("morph")
     try:
         teacher_spec, student_spec = write_specs(work, args.size_gb * 1e9)
         ckpt, out, copy = work / "teacher.safetensors", work / "student.safetensors", work / "cp"
         make_teacher(teacher_spec, ckpt)
-        imports = [timed([sys.executable, "-c", "import morphspec"]) for _ in range(5)]
-        t_import = statistics.median(imports)
-        t_torch = statistics.median(
-            timed([sys.executable, "-c", "import morphspec.convert"]) for _ in range(3)
-        )
+        t_import = statistics.median(timed([*py, "import morphspec"]) for _ in range(5))
+        t_torch = statistics.median(timed([*py, "import morphspec.convert"]) for _ in range(3))
         cmd = [str(morph), "convert", str(teacher_spec), str(student_spec), str(ckpt)]
         cmd += ["-o", str(out), "--force"]
         load = os.getloadavg()[0]
@@ -248,12 +241,14 @@ def main() -> None:
     ]
     for name, value in rows:
         print(f"  {name:<46}{value:>12}")
+    heap_x = peak_anon / heap_budget
+    ok = {True: "PASS", False: "FAIL"}
     print(f"time: (convert - import) / cp = {time_x:.2f}x, goal <= {GOAL_TIME:g}x:"
-          f" {verdict(time_x, GOAL_TIME)}  (vs the 1st cp: {(best.wall - t_import) / t_cp_new:.2f}x;"
-          f" minus the torch import too: {(best.wall - t_torch) / t_cp:.2f}x)")  # fmt: skip
+          f" {ok[time_x <= GOAL_TIME]}  (against the 1st cp:"
+          f" {(best.wall - t_import) / t_cp_new:.2f}x; minus the torch import"
+          f" too: {(best.wall - t_torch) / t_cp:.2f}x)")  # fmt: skip
     print(f"heap: peak RssAnon / (2 x largest + 300 MB) = {peak_anon / MB:,.0f} /"
-          f" {heap_budget / MB:,.0f} MB = {peak_anon / heap_budget:.2f}, goal <= 1:"
-          f" {verdict(peak_anon / heap_budget, 1.0)}")  # fmt: skip
+          f" {heap_budget / MB:,.0f} MB = {heap_x:.2f}, goal <= 1: {ok[heap_x <= 1]}")  # fmt: skip
     if args.keep or args.workdir is not None:
         print(f"work directory kept: {work}")
 

@@ -50,7 +50,11 @@ def _producer(
 ) -> Callable[[], torch.Tensor]:
     def produce() -> torch.Tensor:
         teacher = reader.get(key) if old else None
-        if teacher is not None and tuple(teacher.shape) == family.plan.student.state_shapes()[key]:
+        if (
+            teacher is not None
+            and tuple(teacher.shape) == family.shapes[key]
+            and not family.rescaler.touches(key)
+        ):
             return teacher  # nothing grew along any dimension of this tensor
         reference = reader.get(ref) if ref is not None else None
         return family.tensor(key, teacher, reference, dtype)

@@ -99,24 +99,39 @@ class Rescaler:
     def _space(self, space: ChannelSpace) -> None:
         plan, mode = self.plan, self.family.options.rescale
         producers = {r.node for r in space.producers()}
-        kinds = {plan.student.node(p).kind for p in producers | {r.node for r in space.consumers()}}
-        if len(producers) != 1 or len(space.edges) != 1 or not kinds <= {"linear", "conv"}:
-            return  # a residual stream or an mlp/attention space: not a hidden layer to rescale
-        (producer,) = producers
+        consumers = {r.node for r in space.consumers()}
+        nodes = [plan.student.node(p) for p in producers | consumers]
+        t_shapes = plan.teacher.state_shapes()
+        if (
+            len(producers) != 1
+            or len(consumers) != 1
+            or len(space.edges) != 1
+            or any(n.kind not in ("linear", "conv") for n in nodes)
+            or any(n.key("weight") not in t_shapes for n in nodes)
+        ):
+            # Not one layer feeding one layer (a residual stream, a stem read by a block and
+            # its projection, an mlp): the strategies are defined for hidden layers only.
+            why = "not a hidden layer between one producer and one consumer: left as is"
+            self.scales.append(SpaceScale(space.label, 1.0, {}, why))
+            return
+        (producer,), (consumer,) = producers, consumers
         assert self.get is not None
-        w1 = self.get(f"{producer}.weight")
-        fan_in_1 = math.prod(w1.shape[1:])
-        alpha = 1.0 if mode == "default_vt" else 1.0 / math.sqrt(fan_in_1 * std_of(w1) ** 2)
+        w1, w2 = self.get(f"{producer}.weight"), self.get(f"{consumer}.weight")
         h_t, h_new = self.family.sizes[space.id], space.size
-        betas: dict[str, float] = {}
-        for role in space.consumers():
-            w2 = self.get(role.key)
-            per_channel = math.prod(w2.shape[1:]) // h_t  # k² (or H·W after a flatten)
-            if mode == "default_vt":
-                betas[role.node] = math.sqrt(h_t / h_new)
-            else:
-                h = h_t if mode == "vt_constraint_old_shape" else h_new
-                betas[role.node] = 1.0 / math.sqrt(h * per_channel * std_of(w2) ** 2)
+        fan_in_1 = math.prod(w1.shape[1:])
+        per_channel = math.prod(w2.shape[1:]) // h_t  # k² (or H·W after a flatten)
+        var1, var2 = std_of(w1) ** 2, std_of(w2) ** 2
+        if mode == "default_vt":
+            alpha, beta = 1.0, math.sqrt(h_t / h_new)
+        elif var1 == 0 or var2 == 0:
+            why = "the teacher's weights have zero variance (one entry, or all equal): left as is"
+            self.scales.append(SpaceScale(space.label, 1.0, {}, why))
+            return
+        else:
+            alpha = 1.0 / math.sqrt(fan_in_1 * var1)
+            h = h_t if mode == "vt_constraint_old_shape" else h_new
+            beta = 1.0 / math.sqrt(h * per_channel * var2)
+        betas = {consumer: beta}
         compensation = self._compensate(space, producer, alpha, betas)
         self.scales.append(SpaceScale(space.label, alpha, betas, compensation))
 
@@ -188,6 +203,10 @@ class Rescaler:
             self.factors[key] = self.factors.get(key, 1.0) * factor
 
     # -- tensors ----------------------------------------------------------------------------
+    def touches(self, key: str) -> bool:
+        """Whether rescaling changes the teacher's `key`."""
+        return key in self.factors or key.rpartition(".")[0] in self.batchnorms
+
     def teacher(self, key: str, t: torch.Tensor) -> torch.Tensor:
         """The teacher's tensor after rescaling and compensation (unchanged when none)."""
         node, _, local = key.rpartition(".")

@@ -8,7 +8,6 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -253,8 +252,22 @@ def test_wrong_shape_or_dtype_from_produce(tmp_path: Path, bad: torch.Tensor) ->
     assert list(tmp_path.iterdir()) == []
 
 
+def test_writer_needs_no_numpy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch does not depend on numpy, so neither may writing a checkpoint."""
+
+    def no_numpy(self: torch.Tensor, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("Numpy is not available")
+
+    monkeypatch.setattr(torch.Tensor, "numpy", no_numpy)
+    tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(0)}
+    save_state_dict(tensors, tmp_path / "x.safetensors")
+    back = load_state_dict(tmp_path / "x.safetensors")
+    assert torch.equal(back["a"], tensors["a"]) and back["b"].numel() == 0
+
+
 def test_one_tensor_in_memory_at_a_time_and_progress(tmp_path: Path) -> None:
-    alive: list[weakref.ref[np.ndarray]] = []
+    np = pytest.importorskip("numpy")
+    alive: list[weakref.ref[object]] = []
     seen: list[int] = []
 
     def producer(i: int) -> Callable[[], torch.Tensor]:

@@ -11,6 +11,7 @@ interrupted run never leaves a half-written checkpoint, and never clobbers an ol
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import json
 import math
@@ -82,8 +83,12 @@ def _check_entries(entries: Sequence[TensorEntry]) -> list[TensorEntry]:
     return ordered
 
 
-def _raw_bytes(entry: TensorEntry, tensor: torch.Tensor) -> memoryview:
-    """The tensor's little-endian bytes, after checking it matches what the header promised."""
+def _raw_bytes(entry: TensorEntry, tensor: torch.Tensor) -> tuple[memoryview, torch.Tensor]:
+    """The tensor's little-endian bytes, after checking it matches what the header promised.
+
+    The view points into the returned tensor's memory (no copy, and no numpy, which torch
+    does not require): keep that tensor alive while the view is used.
+    """
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"tensor '{entry.key}': produce() returned {type(tensor).__name__}")
     if tuple(tensor.shape) != tuple(entry.shape) or tensor.dtype != entry.dtype:
@@ -94,7 +99,10 @@ def _raw_bytes(entry: TensorEntry, tensor: torch.Tensor) -> memoryview:
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     if flat.dtype != torch.uint8:
         flat = flat.view(torch.uint8)
-    return flat.numpy().data.cast("B")
+    if flat.numel() == 0:
+        return memoryview(b""), flat
+    buffer = (ctypes.c_ubyte * flat.numel()).from_address(flat.data_ptr())
+    return memoryview(buffer).cast("B"), flat
 
 
 def write_safetensors(
@@ -126,11 +134,11 @@ def write_safetensors(
             written = 0
             for entry in ordered:
                 tensor = entry.produce()
-                data = _raw_bytes(entry, tensor)
+                data, owner = _raw_bytes(entry, tensor)
                 del tensor
                 f.write(data)
                 written += len(data)
-                del data
+                del data, owner
                 if progress is not None:
                     progress(written)
             f.flush()

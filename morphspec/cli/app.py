@@ -9,6 +9,7 @@ code. Torch is imported only inside commands that build models, so `morph --help
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -94,4 +95,6 @@ def _root(
 
 def main() -> None:
     """Entry point of the `morph` and `morphspec` console scripts."""
+    # torch warns at import when numpy is absent; morphspec never needs numpy.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     app()

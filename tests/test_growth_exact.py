@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from growth_helpers import make_teacher
 from safetensors.torch import load_file
 
 import morphspec
@@ -26,23 +27,6 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8) if t.dtype.is_floating_point and t.dim() else t
 
 
-def make_teacher(spec: Path, out: Path, set_: list[str] | None = None, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = morphspec.build(spec, set=set_)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                n = mod.num_features
-                mod.running_mean.copy_(torch.randn(n, generator=gen))
-                mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                mod.weight.copy_(torch.randn(n, generator=gen))
-                mod.bias.copy_(torch.randn(n, generator=gen))
-    arch = morphspec.resolve(morphspec.load_spec(spec, set_))
-    morphspec.save(model, out, spec=arch)
-    return out
-
-
 def grow(
     tmp_path: Path,
     teacher: str,
@@ -53,7 +37,7 @@ def grow(
 ) -> float:
     """Convert, check exactness independently, check teacher bits; return rel_err."""
     t_spec, s_spec = SPECS / teacher, SPECS / student
-    ckpt = make_teacher(t_spec, tmp_path / "teacher.safetensors", teacher_set)
+    ckpt = make_teacher(t_spec, teacher_set, out=tmp_path / "teacher.safetensors")
     out = tmp_path / "student.safetensors"
     result = convert(
         t_spec, s_spec, ckpt, out, teacher_set=teacher_set, student_set=student_set,

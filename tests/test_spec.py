@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from yaml_marks import where
 
 from morphspec import load_spec, resolve
 from morphspec.errors import MorphError, SpecError
@@ -22,19 +23,6 @@ def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def where(path: Path, needle: str, nth: int = 1) -> str:
-    """`FILE:LINE:COL` of the nth occurrence of `needle` in the file (1-based, like YAML marks)."""
-    seen = 0
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        col = line.find(needle)
-        while col >= 0:
-            seen += 1
-            if seen == nth:
-                return f"{path}:{number}:{col + 1}"
-            col = line.find(needle, col + 1)
-    raise AssertionError(f"{needle!r} not in {path}")
 
 
 def error(path: Path, set: dict[str, float] | list[str] | None = None) -> MorphError:

@@ -247,8 +247,10 @@ class CheckpointReader:
     def nbytes(self, key: str) -> int:
         return self._info(key).nbytes
 
-    def get(self, key: str) -> torch.Tensor:
-        """A fresh tensor: safe_open's result shares the file map, so it is copied."""
+    def get(self, key: str, copy: bool = True) -> torch.Tensor:
+        """The tensor `key`. safe_open's result shares the file's memory map, so by default it
+        is copied; `copy=False` returns the mapped tensor itself, for read-only use (writing
+        to it would change what later reads return)."""
         info = self._info(key)
         try:
             handle = self._handles.get(info.file)
@@ -258,7 +260,7 @@ class CheckpointReader:
             tensor = handle.get_tensor(key)
         except Exception as e:
             raise _fail(info.file, f"cannot read tensor '{key}' ({e}); {_FIX}") from None
-        return tensor.clone()
+        return tensor.clone() if copy else tensor
 
     def sha256(self) -> str:
         """Hash of the bytes on disk (index, then shards by name), streamed in 1 MiB chunks."""

@@ -13,6 +13,7 @@ import torch
 
 from morphspec.checkpoint import CheckpointReader, TensorEntry
 from morphspec.growth.families import Family
+from morphspec.growth.init import std_of
 from morphspec.growth.plan import Plan
 
 __all__ = ["student_entries"]
@@ -23,8 +24,9 @@ def student_entries(plan: Plan, family: Family, reader: CheckpointReader) -> lis
     t_shapes = plan.teacher.state_shapes()
     floats = Counter(reader.dtype(k) for k in t_shapes if reader.dtype(k).is_floating_point)
     default = floats.most_common(1)[0][0] if floats else torch.float32
+    source = _Source(family, reader)
     entries = []
-    for key, shape in sorted(plan.student.state_shapes().items()):
+    for key, shape in sorted(family.shapes.items()):
         ref = None if key in t_shapes else plan.reference_key(key)
         if key in t_shapes:
             dtype = reader.dtype(key)
@@ -32,31 +34,32 @@ def student_entries(plan: Plan, family: Family, reader: CheckpointReader) -> lis
             dtype = reader.dtype(ref)
         else:
             dtype = torch.int64 if key.endswith("num_batches_tracked") else default
-        entries.append(
-            TensorEntry(
-                key, shape, dtype, _producer(family, reader, key, ref, dtype, key in t_shapes)
-            )
-        )
+        entries.append(TensorEntry(key, shape, dtype, source.producer(key, ref, dtype)))
     return entries
 
 
-def _producer(
-    family: Family,
-    reader: CheckpointReader,
-    key: str,
-    ref: str | None,
-    dtype: torch.dtype,
-    old: bool,
-) -> Callable[[], torch.Tensor]:
-    def produce() -> torch.Tensor:
-        teacher = reader.get(key) if old else None
+class _Source:
+    """Reads teacher tensors without copying them (they are only read) and remembers the
+    spread of reference tensors, which every appended copy of a repeat asks for."""
+
+    def __init__(self, family: Family, reader: CheckpointReader):
+        self.family = family
+        self.reader = reader
+        self.t_shapes = family.plan.teacher.state_shapes()
+        self.ref_std: dict[str, float] = {}
+
+    def producer(self, key: str, ref: str | None, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+        return lambda: self.make(key, ref, dtype)
+
+    def make(self, key: str, ref: str | None, dtype: torch.dtype) -> torch.Tensor:
+        family = self.family
+        teacher = self.reader.get(key, copy=False) if key in self.t_shapes else None
         if (
             teacher is not None
             and tuple(teacher.shape) == family.shapes[key]
             and not family.rescaler.touches(key)
         ):
             return teacher  # nothing grew along any dimension of this tensor
-        reference = reader.get(ref) if ref is not None else None
-        return family.tensor(key, teacher, reference, dtype)
-
-    return produce
+        if ref is not None and ref not in self.ref_std:
+            self.ref_std[ref] = std_of(self.reader.get(ref, copy=False))
+        return family.tensor(key, teacher, self.ref_std.get(ref) if ref else None, dtype)

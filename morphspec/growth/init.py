@@ -20,7 +20,7 @@ import torch
 
 __all__ = ["InitMode", "add_normal", "generator", "he_std", "std_of", "tensor_std", "uniform_into"]
 
-CHUNK = 1 << 22  # elements per float64 work buffer: 32 MB
+CHUNK = 1 << 20  # elements per float64 work buffer: 8 MB, below glibc's mmap threshold
 
 InitMode = Literal["match", "he"]
 
@@ -31,24 +31,31 @@ def generator(seed: int, key: str, salt: str = "") -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
+def _chunks(x: torch.Tensor) -> list[torch.Tensor]:
+    """Views covering `x` (contiguous or not) of at most about CHUNK elements each, in a
+    fixed order, so a draw into them needs only a small float64 buffer."""
+    if x.numel() == 0:
+        return []
+    if x.is_contiguous():
+        flat = x.view(-1)
+        return [flat[i : i + CHUNK] for i in range(0, flat.numel(), CHUNK)]
+    rows = max(1, CHUNK // max(1, x[0].numel()))
+    return [x.narrow(0, i, min(rows, x.shape[0] - i)) for i in range(0, x.shape[0], rows)]
+
+
 def uniform_into(x: torch.Tensor, std: float, gen: torch.Generator) -> None:
-    """Fill `x` in place with U(-√3·std, √3·std), drawn in float64 chunk by chunk and cast,
-    so a large tensor never needs a float64 copy of itself."""
-    flat = x.view(-1)
+    """Fill `x` (any view) with U(-√3·std, √3·std), drawn in float64 chunk by chunk and
+    cast, so a large tensor never needs a float64 copy of itself."""
     bound = math.sqrt(3.0) * std
-    for start in range(0, flat.numel(), CHUNK):
-        n = min(CHUNK, flat.numel() - start)
-        draw = torch.rand(n, generator=gen, dtype=torch.float64).mul_(2).sub_(1).mul_(bound)
-        flat[start : start + n].copy_(draw)
+    for part in _chunks(x):
+        draw = torch.rand(part.shape, generator=gen, dtype=torch.float64)
+        part.copy_(draw.mul_(2).sub_(1).mul_(bound))
 
 
 def add_normal(x: torch.Tensor, std: float, gen: torch.Generator) -> None:
-    """Add N(0, std²) noise to `x` in place, chunk by chunk (symmetry-breaking noise)."""
-    flat = x.view(-1)
-    for start in range(0, flat.numel(), CHUNK):
-        n = min(CHUNK, flat.numel() - start)
-        draw = torch.randn(n, generator=gen, dtype=torch.float64).mul_(std)
-        flat[start : start + n].add_(draw.to(x.dtype))
+    """Add N(0, std²) noise to `x` (any view) in place, chunk by chunk."""
+    for part in _chunks(x):
+        part.add_(torch.randn(part.shape, generator=gen, dtype=torch.float64).mul_(std).to(x.dtype))
 
 
 def std_of(t: torch.Tensor) -> float:
@@ -78,18 +85,15 @@ def he_std(shape: tuple[int, ...]) -> float:
 
 
 def tensor_std(
-    existing: torch.Tensor | None, shape: tuple[int, ...], mode: InitMode, scale: float
+    existing: float | None, shape: tuple[int, ...], mode: InitMode, scale: float
 ) -> float:
     """The standard deviation for the new entries of a tensor of `shape`.
 
-    `existing` is the teacher's tensor (or the previous block's for a new block). With
-    `match`, a missing or constant weight falls back to He; a bias keeps its spread (0 when
-    the existing biases are all equal, so new biases start at 0).
+    `existing` is the spread of the teacher's tensor (or of the previous block's for a new
+    block), None when there is none. With `match`, a missing or constant weight falls back
+    to He; a bias keeps its spread (0 when the existing biases are all equal, so new biases
+    start at 0).
     """
-    if mode == "match" and existing is not None and existing.numel() > 1:
-        s = std_of(existing)
-        if s > 0 or len(shape) < 2:
-            return s * scale
-    if mode == "match" and existing is not None and len(shape) < 2:
-        return 0.0
+    if mode == "match" and existing is not None and (existing > 0 or len(shape) < 2):
+        return existing * scale
     return he_std(shape) * scale

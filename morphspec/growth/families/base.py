@@ -227,10 +227,11 @@ class Family:
 
     # -- tensors --------------------------------------------------------------------------
     def tensor(
-        self, key: str, teacher: torch.Tensor | None, reference: torch.Tensor | None,
+        self, key: str, teacher: torch.Tensor | None, reference_std: float | None,
         dtype: torch.dtype,
     ) -> torch.Tensor:  # fmt: skip
-        """The student's `key` in `dtype`."""
+        """The student's `key` in `dtype`; `reference_std` is the spread of the same tensor
+        in the teacher's last repeat copy, for a tensor of an appended copy."""
         shape = self.shapes[key]
         local = key.rsplit(".", 1)[-1]
         node_path = key.rsplit(".", 1)[0]
@@ -245,12 +246,14 @@ class Family:
         if is_channel:
             x = torch.full(shape, CHANNEL_DEFAULTS.get(local, 0.0), dtype=torch.float64).to(dtype)
         else:
-            existing = teacher if teacher is not None else reference
+            existing = std_of(teacher) if teacher is not None else reference_std
             std = tensor_std(existing, shape, self.options.init, self.options.init_scale)
             x = torch.empty(shape, dtype=dtype)
-            uniform_into(x, std, generator(self.options.seed, key))
-            if self.options.noise:
-                add_normal(x, self.options.noise * std, generator(self.options.seed, key, "noise"))
+            gen, noise = generator(self.options.seed, key), generator(self.options.seed, key, "n")
+            for part in self._new_entries(x, key, teacher):
+                uniform_into(part, std, gen)
+                if self.options.noise:
+                    add_normal(part, self.options.noise * std, noise)
         if teacher is not None:
             region = self.region(key, tuple(teacher.shape))
             if local == "weight" and node_path in self.plan.kernels and self.exact:
@@ -269,6 +272,22 @@ class Family:
                 v, d = channel_view(x, role.dim, role.mult)
                 self.produce(v, d, space, key, role)
         return x
+
+    def _new_entries(
+        self, x: torch.Tensor, key: str, teacher: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        """Views of `x` outside the teacher's leading slice (the whole of `x` when there is
+        no teacher, or its kernel grows): only those need random values."""
+        if teacher is None or key.rsplit(".", 1)[0] in self.plan.kernels:
+            return [x]
+        parts = []
+        for d in range(x.dim()):
+            if x.shape[d] > teacher.shape[d]:
+                v = x
+                for k in range(d):
+                    v = v.narrow(k, 0, teacher.shape[k])
+                parts.append(v.narrow(d, teacher.shape[d], x.shape[d] - teacher.shape[d]))
+        return parts
 
     def region(self, key: str, tshape: tuple[int, ...]) -> tuple[slice, ...]:
         """Where the teacher's tensor goes: the leading slice, centred in a grown kernel."""
@@ -310,6 +329,3 @@ class Family:
 
     def produce(self, v: torch.Tensor, d: int, space: ChannelSpace, key: str, role: Role) -> None:
         """Set the rows (or channel-wise entries) of a widened space's new channels."""
-
-    def noise_std(self, existing: torch.Tensor) -> float:
-        return self.options.noise * std_of(existing)

@@ -134,7 +134,7 @@ class R2R(Family):
         a = self.sizes[space.id]
         pairs, odd = (space.size - a) // 2, (space.size - a) % 2
         if pairs:
-            v.narrow(d, a + pairs, pairs).copy_(-v.narrow(d, a, pairs))
+            v.narrow(d, a + pairs, pairs).copy_(v.narrow(d, a, pairs)).neg_()
         if odd:
             v.narrow(d, a + 2 * pairs, 1).zero_()
 

@@ -211,3 +211,64 @@ def test_families_command_prints_the_matrix() -> None:
     assert set(doc["families"]) == {"r2r", "net2net", "netmorph", "randpad"}
     assert doc["families"]["net2net"]["preserves_parameters"] is False
     assert doc["families"]["netmorph"]["kernel_morph"] is True
+
+
+INSERT_TEACHER = """morphspec: 1
+name: t
+vars: {w: 6}
+input: {shape: [5]}
+body:
+  - linear: {name: fc1, out: w}
+  - relu
+  - linear: {name: fc2, out: w}
+  - relu
+  - linear: {name: head, out: 3}
+"""
+
+
+def _insert(tmp_path: Path, layers: str, w: int = 6) -> tuple[Any, ...]:
+    """The teacher above and a student with `layers` inserted after fc1's relu."""
+    (tmp_path / "t.yaml").write_text(INSERT_TEACHER)
+    student = INSERT_TEACHER.replace(
+        "  - relu\n  - linear: {name: fc2", layers + "  - linear: {name: fc2", 1
+    )
+    (tmp_path / "s.yaml").write_text(student.replace("name: t\n", "name: s\n"))
+    return (str(tmp_path / "t.yaml"), str(tmp_path / "s.yaml"), None, [f"w={w}"])
+
+
+@pytest.mark.parametrize("family", ["net2net", "netmorph"])
+def test_named_layers_inserted_in_a_list_start_as_the_identity(tmp_path: Path, family: str) -> None:
+    case = _insert(tmp_path, "  - relu\n  - linear: {name: extra, out: w}\n  - relu\n", w=9)
+    result, rel_err = grow(tmp_path, case, family=family)
+    assert [op.op for op in result.plan.ops if op.op != "widen"] == ["insert_layers"]
+    assert rel_err <= 1e-5
+
+
+def test_inserted_residual_block_is_exact_with_r2r(tmp_path: Path) -> None:
+    block = (
+        "  - relu\n  - residual: {name: extra, body: [{linear: {name: a, out: 4}}, relu,"
+        " {linear: {name: b, out: w}}], post: relu}\n"
+    )
+    result, rel_err = grow(tmp_path, _insert(tmp_path, block), family="r2r")
+    assert result.plan.inserted == ["extra"]
+    assert rel_err <= 1e-5
+
+
+def test_inserted_plain_layer_is_refused_by_r2r(tmp_path: Path) -> None:
+    case = _insert(tmp_path, "  - relu\n  - linear: {name: extra, out: w}\n  - relu\n")
+    with pytest.raises(PlanRefused, match=r"'extra' is a linear, not a residual"):
+        grow(tmp_path, case, family="r2r")
+
+
+def test_inserting_before_an_unnamed_layer_with_parameters_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "t.yaml").write_text(INSERT_TEACHER.replace("{name: fc2, out: w}", "{out: w}"))
+    text = INSERT_TEACHER.replace("{name: fc2, out: w}", "{out: w}")
+    text = text.replace(
+        "  - relu\n  - linear: {out: w}",
+        "  - relu\n  - identity: {name: x}\n  - linear: {out: w}",
+        1,
+    )
+    (tmp_path / "s.yaml").write_text(text)
+    case = (str(tmp_path / "t.yaml"), str(tmp_path / "s.yaml"), None, None)
+    with pytest.raises(PlanRefused, match=r"layer '2' would become '3'.*give it a `name`"):
+        grow(tmp_path, case, family="net2net")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from morphspec.growth.plan import GrowKernel, InsertBlocks, Plan, WidenSpace
+from morphspec.growth.plan import GrowKernel, InsertBlocks, InsertLayers, Plan, WidenSpace
 
 __all__ = ["StudentArg", "StudentSetOpt", "TeacherArg", "TeacherSetOpt", "merge_sets", "plan_table"]
 
@@ -47,6 +47,8 @@ def plan_table(plan: Plan) -> Table:
             table.add_row("widen", where, f"{op.old} -> {op.new} ({op.pairs} pairs{odd})")
         elif isinstance(op, InsertBlocks):
             table.add_row("insert blocks", op.repeat, f"{op.old_times} -> {op.new_times} copies")
+        elif isinstance(op, InsertLayers):
+            table.add_row("insert layers", ", ".join(op.layers), "new, between teacher layers")
         elif isinstance(op, GrowKernel):
             table.add_row("grow kernel", op.layer, f"{op.old}x{op.old} -> {op.new}x{op.new}")
         else:

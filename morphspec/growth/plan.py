@@ -14,9 +14,12 @@ from typing import Any
 
 from morphspec.arch.nodes import Arch, Node
 from morphspec.errors import PlanRefused, Problem
+from morphspec.growth.align import align
 from morphspec.growth.graph import SpaceGraph, space_graph
 
-__all__ = ["AddProjection", "GrowKernel", "InsertBlocks", "Plan", "WidenSpace", "diff"]
+__all__ = [
+    "AddProjection", "GrowKernel", "InsertBlocks", "InsertLayers", "Plan", "WidenSpace", "diff",
+]  # fmt: skip
 
 GROWABLE = {"out", "hidden", "dim", "times"}
 IGNORED = {"momentum"}  # training-time only: never changes what eval mode computes
@@ -67,7 +70,15 @@ class GrowKernel:
     op: str = "grow_kernel"
 
 
-Op = WidenSpace | InsertBlocks | AddProjection | GrowKernel
+@dataclass(frozen=True)
+class InsertLayers:
+    """New layers inserted between the teacher's in one list (consecutive, in order)."""
+
+    layers: tuple[str, ...]
+    op: str = "insert_layers"
+
+
+Op = WidenSpace | InsertBlocks | AddProjection | GrowKernel | InsertLayers
 
 
 @dataclass
@@ -82,6 +93,7 @@ class Plan:
     new_blocks: dict[str, int] = field(default_factory=dict)
     projections: dict[str, str] = field(default_factory=dict)
     kernels: dict[str, GrowKernel] = field(default_factory=dict)
+    insert_runs: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
     def widens(self) -> list[WidenSpace]:
@@ -97,6 +109,11 @@ class Plan:
             if key.startswith(block + "."):
                 return block
         return None
+
+    @property
+    def inserted(self) -> list[str]:
+        """Paths of the layers inserted between the teacher's."""
+        return [p for run in self.insert_runs for p in run]
 
     def reference_key(self, key: str) -> str | None:
         """For a tensor of an appended block: the same tensor in the teacher's last copy."""
@@ -136,12 +153,10 @@ def _where(t: Node, s: Node) -> str:
 def diff(teacher: Arch, student: Arch) -> Plan:
     """Match `student` against `teacher`; raise PlanRefused listing every problem."""
     problems: list[Problem] = []
-    t_nodes = {n.path: n for n in teacher.nodes()}
-    s_nodes = {n.path: n for n in student.nodes()}
     ops: list[Op] = []
     new_blocks: dict[str, int] = {}
     projections: dict[str, str] = {}
-    allowed_new: list[str] = []
+    insert_runs: list[tuple[str, ...]] = []
 
     if teacher.input != student.input:
         problems.append(Problem(
@@ -157,19 +172,46 @@ def diff(teacher: Arch, student: Arch) -> Plan:
             f" '{s_last.path}', teacher {t_last.mark}); growth keeps what the network outputs",
             s_last.mark,
         ))  # fmt: skip
-    for path, t in t_nodes.items():
-        s = s_nodes.get(path)
-        if s is None:
+    alignment = align(teacher.root, student.root)
+    added = [n for run in alignment.inserted for n in run]
+    for t in alignment.removed:
+        same = next((n for n in added if n.path == t.path), None)
+        if same is not None:
             problems.append(Problem(
-                f"the student has no layer '{path}' (teacher {t.mark}); growth cannot remove"
-                " or rename layers",
-                student.spec.mark(("body",)),
+                f"'{t.path}' is a {t.kind} in the teacher and a {same.kind} in the student"
+                f" ({_where(t, same)}); growth cannot change a layer's kind",
+                same.mark,
             ))  # fmt: skip
             continue
+        parent = t.path.rpartition(".")[0]
+        twin = next(
+            (n for n in added if n.kind == t.kind and n.path.rpartition(".")[0] == parent), None
+        )
+        if twin is not None:
+            added.remove(twin)  # each inserted layer is offered as the twin of one removal
+        renamed = f"; is '{twin.path}' (student {twin.mark}) it, renamed?" if twin else ";"
+        problems.append(Problem(
+            f"the student has no layer '{t.path}' (teacher {t.mark}){renamed} growth cannot"
+            " remove or rename layers",
+            twin.mark if twin else student.spec.mark(("body",)),
+        ))  # fmt: skip
+    for run in alignment.inserted:
+        paths = tuple(n.path for n in run)
+        ops.append(InsertLayers(paths))
+        insert_runs.append(paths)
+    for t, s in alignment.pairs:
+        path = t.path
         if s.kind != t.kind:
             problems.append(Problem(
                 f"'{path}' is a {t.kind} in the teacher and a {s.kind} in the student"
                 f" ({_where(t, s)}); growth cannot change a layer's kind",
+                s.mark,
+            ))  # fmt: skip
+            continue
+        if s.path != t.path and t.state_shapes():
+            problems.append(Problem(
+                f"layer '{t.path}' would become '{s.path}' (a layer inserted before it shifts"
+                f" its index; {_where(t, s)}); give it a `name` so its keys stay",
                 s.mark,
             ))  # fmt: skip
             continue
@@ -182,28 +224,16 @@ def diff(teacher: Arch, student: Arch) -> Plan:
             ops.append(InsertBlocks(path, t.args["times"], s.args["times"], blocks))
             for b in blocks:
                 new_blocks[b] = t.args["times"] - 1
-            allowed_new.extend(blocks)
         if t.kind == "residual":
             if t.shortcut is None and s.shortcut is not None:
                 ops.append(AddProjection(path, s.shortcut.path))
                 projections[s.shortcut.path] = path
-                allowed_new.append(s.shortcut.path)
             elif t.shortcut is not None and s.shortcut is None:
                 problems.append(Problem(
                     f"residual '{path}' has a projection shortcut in the teacher but the"
                     f" identity in the student ({_where(t, s)}); growth cannot remove it",
                     s.mark,
                 ))  # fmt: skip
-    for path, s in s_nodes.items():
-        if path in t_nodes or any(path == a or path.startswith(a + ".") for a in allowed_new):
-            continue
-        parent = path.rpartition(".")[0]
-        if parent in t_nodes or parent == "":
-            problems.append(Problem(
-                f"the student adds layer '{path}', which is not a new copy of a repeat; grow"
-                " depth by raising a repeat's 'times' (new copies are appended)",
-                s.mark,
-            ))  # fmt: skip
     if problems:
         raise PlanRefused(problems)
 
@@ -219,7 +249,9 @@ def diff(teacher: Arch, student: Arch) -> Plan:
             widens.append(WidenSpace(space.label, old, space.size, extra // 2, extra % 2, edges))
     ops = widens + ops
     kernels = {op.layer: op for op in ops if isinstance(op, GrowKernel)}
-    return Plan(teacher, student, ops, graph, teacher_size, new_blocks, projections, kernels)
+    return Plan(
+        teacher, student, ops, graph, teacher_size, new_blocks, projections, kernels, insert_runs
+    )
 
 
 def _grown_kernel(t: Node, s: Node) -> GrowKernel | None:

@@ -141,9 +141,17 @@ class Family:
         for block in plan.new_blocks:
             node = plan.student.node(block)
             if self.identity_deepen:
-                problems.extend(self._check_identity_block(node))
+                problems.extend(self._check_identity_run(f"new block '{block}'", [node]))
             else:
                 for unit in _units(node):
+                    problems.extend(self.check_new_block(unit))
+        for run in plan.insert_runs:
+            nodes = [plan.student.node(p) for p in run]
+            if self.identity_deepen:
+                label = f"new layer{'s' if len(run) > 1 else ''} {', '.join(run)}"
+                problems.extend(self._check_identity_run(label, nodes))
+            else:
+                for unit in (u for n in nodes for u in _units(n)):
                     problems.extend(self.check_new_block(unit))
         return problems
 
@@ -168,18 +176,20 @@ class Family:
             shortcut.mark,
         )]  # fmt: skip
 
-    def _check_identity_block(self, node: Node) -> list[Problem]:
-        """Net2DeeperNet: every layer of the new copy starts as the identity."""
-        where = f"new block '{node.path}'"
-        if node.kind == "residual":
-            return [Problem(
-                f"{where} is a residual: identity layers inside it would double the stream"
-                f" (x + x); {self.name} deepens plain blocks, use --family r2r for residual ones",
-                node.mark,
-            )]  # fmt: skip
+    def _check_identity_run(self, where: str, nodes: list[Node]) -> list[Problem]:
+        """Net2DeeperNet: every new layer starts as the identity, so each activation among
+        them sees what entered the first one, and must be idempotent on it."""
+        for node in nodes:
+            if node.kind == "residual":
+                return [Problem(
+                    f"{where}: '{node.path}' is a residual: identity layers inside it would"
+                    f" double the stream (x + x); {self.name} deepens plain blocks, use"
+                    " --family r2r for residual ones",
+                    node.mark,
+                )]  # fmt: skip
         problems: list[Problem] = []
-        nonneg = self.plan.graph.input_nonneg.get(node.path, False)
-        for layer in leaves((node,)):
+        nonneg = self.plan.graph.input_nonneg.get(nodes[0].path, False)
+        for layer in leaves(tuple(nodes)):
             kind = layer.kind
             if kind in ("linear", "conv", "batchnorm"):
                 problem = self._identity_layer_problem(layer)

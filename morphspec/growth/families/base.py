@@ -37,8 +37,9 @@ from morphspec.growth.init import (
 )  # fmt: skip
 from morphspec.growth.plan import Plan
 
-__all__ = ["Family", "GrowOptions", "RescaleMode", "channel_view"]
+__all__ = ["Family", "GrowOptions", "RescaleMode", "TensorGetter", "channel_view"]
 
+TensorGetter = Callable[[str], torch.Tensor]
 RescaleMode = Literal["none", "default_vt", "vt_constraint_old_shape", "vt_constraint_new_shape"]
 CHANNEL_DEFAULTS = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
 
@@ -89,7 +90,7 @@ class Family:
 
     def __init__(
         self, plan: Plan, options: GrowOptions | None = None,
-        get: Callable[[str], torch.Tensor] | None = None,
+        get: TensorGetter | None = None,
     ):  # fmt: skip
         """`get` reads a teacher tensor by key (rescaling needs the teacher's statistics)."""
         self.plan = plan

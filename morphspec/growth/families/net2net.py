@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from morphspec.growth.families.base import Family
+from morphspec.growth.families.base import Family, GrowOptions, TensorGetter
 from morphspec.growth.graph import ChannelSpace, Role
 from morphspec.growth.init import generator
+from morphspec.growth.plan import Plan
 
 __all__ = ["Net2Net"]
 
@@ -30,9 +31,11 @@ class Net2Net(Family):
     name = "net2net"
     identity_deepen = True
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self, plan: Plan, options: GrowOptions | None = None, get: TensorGetter | None = None
+    ) -> None:
         self._maps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        super().__init__(*args, **kwargs)
+        super().__init__(plan, options, get)
 
     def mapping(self, space: ChannelSpace) -> tuple[torch.Tensor, torch.Tensor]:
         """g (the old channel each new one copies) and the count of each old channel."""

@@ -30,8 +30,9 @@ import torch
 from morphspec.arch.nodes import Node
 from morphspec.errors import Problem
 from morphspec.growth.conditions import FIXED_POINT_AT_ZERO, KEEPS_CHANNELS_INDEPENDENT
-from morphspec.growth.families.base import Family, leaves
+from morphspec.growth.families.base import Family, GrowOptions, TensorGetter, leaves
 from morphspec.growth.graph import ChannelSpace, Role
+from morphspec.growth.plan import Plan
 
 __all__ = ["R2R"]
 
@@ -44,11 +45,13 @@ class R2R(Family):
 
     name = "r2r"
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self, plan: Plan, options: GrowOptions | None = None, get: TensorGetter | None = None
+    ) -> None:
         self.zero_rows: set[str] = set()
         self.zero_bias: set[str] = set()
         self.zero_bn: set[str] = set()
-        super().__init__(*args, **kwargs)
+        super().__init__(plan, options, get)
 
     # -- conditions ---------------------------------------------------------------------
     def check_new_block(self, node: Node) -> list[Problem]:

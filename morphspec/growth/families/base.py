@@ -36,6 +36,7 @@ from morphspec.growth.init import (
     uniform_into,
 )  # fmt: skip
 from morphspec.growth.plan import Plan
+from morphspec.growth.rescale import Rescaler
 
 __all__ = ["Family", "GrowOptions", "RescaleMode", "TensorGetter", "channel_view"]
 
@@ -100,8 +101,6 @@ class Family:
         self.sizes = dict(plan.teacher_size)
         """Each student space's size in the teacher; identity layers extend it (below)."""
         self.identity_layers: dict[str, Node] = {}
-        from morphspec.growth.rescale import Rescaler
-
         problems = self.check()
         self.rescaler = Rescaler(plan, self, problems, get)
         if problems:

@@ -338,3 +338,14 @@ def test_set_of_an_unknown_var_suggests_the_closest() -> None:
 def test_set_values_must_be_numbers(item: str, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         parse_set([item])
+
+
+@pytest.mark.parametrize("levels", [40, 400])
+def test_absurdly_deep_yaml_is_a_clear_error_not_a_crash(tmp_path: Path, levels: int) -> None:
+    body = "relu"
+    for _ in range(levels):
+        body = "{sequential: {body: [" + body + "]}}"
+    path = tmp_path / "deep.yaml"
+    path.write_text(f"morphspec: 1\nname: x\ninput: {{shape: [3]}}\nbody:\n  - {body}\n")
+    with pytest.raises(SpecError, match="nests"):
+        load_spec(path)

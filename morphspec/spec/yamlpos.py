@@ -18,6 +18,7 @@ from morphspec.errors import Mark, SpecError
 __all__ = ["Loc", "Located", "load_yaml"]
 
 Loc = tuple[str | int, ...]
+MAX_DEPTH = 100  # nesting levels of YAML: far beyond any real spec, well within Python's stack
 
 
 @dataclass
@@ -62,6 +63,10 @@ def load_yaml(path: Path, label: str | None = None) -> Located:
         out = Located(None, label)
         out.data = _construct(loader, node, (), out)
         return out
+    except RecursionError:
+        raise SpecError(
+            f"the YAML nests too deeply to read (more than {MAX_DEPTH} levels)", Mark(label)
+        ) from None
     except yaml.MarkedYAMLError as exc:
         m = exc.problem_mark
         mark = Mark(label, m.line + 1, m.column + 1) if m else Mark(label)
@@ -74,6 +79,12 @@ def load_yaml(path: Path, label: str | None = None) -> Located:
 
 def _construct(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, out: Located) -> Any:
     out.values[loc] = _mark(out.file, node)
+    if len(loc) > MAX_DEPTH:
+        raise SpecError(
+            f"the YAML nests more than {MAX_DEPTH} levels deep here; flatten the spec"
+            " (use blocks: and repeat for deep networks)",
+            out.values[loc],
+        )
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         result: dict[Any, Any] = {}

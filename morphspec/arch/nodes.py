@@ -6,8 +6,10 @@ read. It holds no torch objects, so `morph validate` and `morph summary` stay li
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
 from typing import Any, Literal
 
 from morphspec.errors import Mark
@@ -117,14 +119,19 @@ class Arch:
         return self.root.walk()
 
     def node(self, path: str) -> Node:
-        for n in self.nodes():
-            if n.path == path:
-                return n
-        raise KeyError(path)
+        return self._by_path[path]
 
-    def state_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every state_dict key of the built model with its shape."""
-        return self.root.state_shapes()
+    @cached_property
+    def _by_path(self) -> dict[str, Node]:
+        return {n.path: n for n in self.nodes()}
+
+    def state_shapes(self) -> Mapping[str, tuple[int, ...]]:
+        """Every state_dict key of the built model with its shape (read-only, computed once)."""
+        return self._state_shapes
+
+    @cached_property
+    def _state_shapes(self) -> Mapping[str, tuple[int, ...]]:
+        return MappingProxyType(self.root.state_shapes())
 
     def trainable_count(self) -> int:
         return sum(_numel(s) for k, s in self.state_shapes().items() if not _is_buffer(k))

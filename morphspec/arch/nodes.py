@@ -38,11 +38,6 @@ class TensorShape:
             raise ValueError("token ids have no channel dimension")
         return self.dims[0] if self.layout == "image" else self.dims[-1]
 
-    @property
-    def channel_dim(self) -> int:
-        """The channel axis of the batched tensor (batch is axis 0)."""
-        return 1 if self.layout == "image" else len(self.dims)
-
     def with_channels(self, c: int) -> TensorShape:
         if self.layout == "image":
             return TensorShape((c, *self.dims[1:]), self.layout, self.dtype)

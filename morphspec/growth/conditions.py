@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from morphspec.growth.graph import CHANNEL_WISE
+
 __all__ = [
     "FAMILY_CONDITIONS",
     "FIXED_POINT_AT_ZERO",
@@ -21,10 +23,8 @@ __all__ = [
     "Conditions",
 ]
 
-KEEPS_CHANNELS_INDEPENDENT = frozenset(
-    {"relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity", "dropout",
-     "batchnorm", "maxpool", "avgpool", "global_avgpool"}
-)  # fmt: skip
+# The graph's channel-wise ops (which keep a channel space), plus global average pooling.
+KEEPS_CHANNELS_INDEPENDENT = CHANNEL_WISE | {"global_avgpool"}
 # batchnorm maps 0 to 0 on channels whose running_mean and bias are 0 (what new channels get).
 FIXED_POINT_AT_ZERO = frozenset(
     {"relu", "leaky_relu", "gelu", "silu", "tanh", "identity", "dropout", "batchnorm",

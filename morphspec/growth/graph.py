@@ -90,9 +90,6 @@ class SpaceGraph:
     input_nonneg: dict[str, bool]
     """Whether the tensor entering each node (by path) is known to be non-negative."""
 
-    def space_of_edge(self, edge: str) -> ChannelSpace:
-        return self.spaces[self.edge_space[edge]]
-
     def roles(self, key: str) -> Iterator[tuple[Role, ChannelSpace]]:
         for role, sid in self.tensor_roles.get(key, []):
             yield role, self.spaces[sid]

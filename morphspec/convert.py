@@ -16,15 +16,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from morphspec.arch import Arch, resolve
-from morphspec.checkpoint import CheckpointReader, check_keys, make_metadata, write_safetensors
+from morphspec.arch import Arch
+from morphspec.checkpoint import CheckpointReader, make_metadata, write_safetensors
 from morphspec.defaults import DEFAULT_RTOL
-from morphspec.errors import Mark, MorphError, NotPreservingError, closest
+from morphspec.errors import Mark, MorphError, NotPreservingError
+from morphspec.grow import plan_for, prepare
 from morphspec.growth.apply import student_entries
-from morphspec.growth.families import FAMILIES, Family, GrowOptions, RescaleMode, make_family
+from morphspec.growth.families import Family, GrowOptions, RescaleMode
 from morphspec.growth.init import InitMode
-from morphspec.growth.plan import Plan, diff
-from morphspec.spec import load_spec
+from morphspec.growth.plan import Plan
 from morphspec.spec.load import SetArg
 from morphspec.verify import Verification, verify_checkpoints
 
@@ -43,10 +43,7 @@ class ConvertResult:
     @property
     def warnings(self) -> list[str]:
         """Why the output may not be function-preserving (empty for exact conversions)."""
-        notes = list(self.family.rescaler.inexact)
-        if not self.family.exact:
-            notes.append(f"{self.family.name} is not function-preserving by design")
-        return notes
+        return self.family.warnings()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,17 +58,6 @@ class ConvertResult:
             "verification": self.verification.to_json() if self.verification else None,
             "teacher_sha256": self.teacher_sha256,
         }
-
-
-def plan_for(
-    teacher_spec: str | Path,
-    student_spec: str | Path,
-    teacher_set: SetArg = None,
-    student_set: SetArg = None,
-) -> tuple[Arch, Arch, Plan]:
-    teacher = resolve(load_spec(teacher_spec, teacher_set))
-    student = resolve(load_spec(student_spec, student_set))
-    return teacher, student, diff(teacher, student)
 
 
 def default_output(student_spec: str | Path, student: Arch) -> Path:
@@ -126,14 +112,13 @@ def convert(
     progress: Callable[[int, int], None] | None = None,
 ) -> ConvertResult:
     """Grow `checkpoint` (of `teacher_spec`) into the student; see the module docstring."""
-    teacher, student, plan = plan_for(teacher_spec, student_spec, teacher_set, student_set)
-    if family not in FAMILIES:
-        raise MorphError(f"unknown family '{family}'{closest(family, FAMILIES)}")
     options = GrowOptions(init, init_scale, seed, noise, netmorph_zero, rescale, allow_inexact)
-    out = Path(output) if output is not None else default_output(student_spec, student)
     with CheckpointReader(checkpoint) as reader:
-        check_keys(reader, teacher.state_shapes(), str(teacher_spec))
-        grower = make_family(family, plan, options, reader.get)
+        plan, grower = prepare(
+            teacher_spec, student_spec, reader, family, options, teacher_set, student_set
+        )
+        teacher, student = plan.teacher, plan.student
+        out = Path(output) if output is not None else default_output(student_spec, student)
         _check_output(out, reader, force)
         if dry_run:
             return ConvertResult(plan, out, False, None, None, grower)

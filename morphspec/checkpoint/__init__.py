@@ -10,6 +10,7 @@ from morphspec.checkpoint.metadata import (
     morphspec_version,
 )
 from morphspec.checkpoint.reader import INDEX_NAME, CheckpointReader, check_keys
+from morphspec.checkpoint.source import StateSource, TensorSource
 from morphspec.checkpoint.writer import (
     TensorEntry,
     load_state_dict,
@@ -22,7 +23,9 @@ __all__ = [
     "FORMAT_KEYS",
     "INDEX_NAME",
     "CheckpointReader",
+    "StateSource",
     "TensorEntry",
+    "TensorSource",
     "check_keys",
     "load_state_dict",
     "make_metadata",

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from morphspec.checkpoint.source import TensorSource
 from morphspec.errors import CheckpointError, Mark, Problem, closest
 
 __all__ = ["INDEX_NAME", "SAFETENSORS_DTYPES", "CheckpointReader", "check_keys"]
@@ -275,7 +276,7 @@ class CheckpointReader:
 
 
 def check_keys(
-    reader: CheckpointReader, expected: Mapping[str, tuple[int, ...]], spec_label: str
+    reader: TensorSource, expected: Mapping[str, tuple[int, ...]], spec_label: str
 ) -> None:
     """Raise one CheckpointError listing every missing, unexpected and mis-shaped key."""
     mark = Mark(str(reader.path))

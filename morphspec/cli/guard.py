@@ -21,7 +21,7 @@ from morphspec.errors import EXIT_INVALID, Mark, MorphError, Problem
 try:  # typer >= 0.22 vendors click
     from typer._click.exceptions import ClickException  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException  # type: ignore[import-not-found,no-redef,unused-ignore]
+    from click.exceptions import ClickException  # type: ignore[import-not-found,no-redef,assignment,unused-ignore]
 
 __all__ = ["DEBUG_ENV", "guarded"]
 

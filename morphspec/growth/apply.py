@@ -11,15 +11,15 @@ from collections.abc import Callable
 
 import torch
 
-from morphspec.checkpoint import CheckpointReader, TensorEntry
+from morphspec.checkpoint import StateSource, TensorEntry, TensorSource
 from morphspec.growth.families import Family
 from morphspec.growth.init import std_of
 from morphspec.growth.plan import Plan
 
-__all__ = ["student_entries"]
+__all__ = ["StateSource", "TensorSource", "student_entries"]
 
 
-def student_entries(plan: Plan, family: Family, reader: CheckpointReader) -> list[TensorEntry]:
+def student_entries(plan: Plan, family: Family, reader: TensorSource) -> list[TensorEntry]:
     """One entry per student key, in sorted order; teacher tensors keep their dtype."""
     t_shapes = plan.teacher.state_shapes()
     floats = Counter(reader.dtype(k) for k in t_shapes if reader.dtype(k).is_floating_point)
@@ -42,7 +42,7 @@ class _Source:
     """Reads teacher tensors without copying them (they are only read) and remembers the
     spread of reference tensors, which every appended copy of a repeat asks for."""
 
-    def __init__(self, family: Family, reader: CheckpointReader):
+    def __init__(self, family: Family, reader: TensorSource):
         self.family = family
         self.reader = reader
         self.t_shapes = family.plan.teacher.state_shapes()

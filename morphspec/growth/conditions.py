@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass
 from morphspec.growth.graph import CHANNEL_WISE
 
 __all__ = [
+    "ALWAYS_IDENTITY",
     "FAMILY_CONDITIONS",
     "FIXED_POINT_AT_ZERO",
     "IDEMPOTENT",
+    "IDENTITY_ON_NONNEG",
     "KEEPS_CHANNELS_INDEPENDENT",
     "Conditions",
 ]
@@ -32,6 +34,9 @@ FIXED_POINT_AT_ZERO = frozenset(
 )  # fmt: skip
 # On inputs that already passed them (a relu after a relu); dropout is the identity in eval.
 IDEMPOTENT = frozenset({"relu", "identity", "dropout"})
+# A residual's post op that is the identity on a non-negative stream, or on any stream.
+IDENTITY_ON_NONNEG = frozenset({"relu", "leaky_relu"})
+ALWAYS_IDENTITY = frozenset({"identity", "dropout"})
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,15 @@ import torch
 
 from morphspec.arch.nodes import Node
 from morphspec.errors import PlanRefused, Problem
-from morphspec.growth.conditions import FAMILY_CONDITIONS, IDEMPOTENT, Conditions
+from morphspec.growth.conditions import (
+    ALWAYS_IDENTITY,
+    FAMILY_CONDITIONS,
+    FIXED_POINT_AT_ZERO,
+    IDEMPOTENT,
+    IDENTITY_ON_NONNEG,
+    KEEPS_CHANNELS_INDEPENDENT,
+    Conditions,
+)
 from morphspec.growth.graph import ChannelSpace, Role
 from morphspec.growth.init import (
     InitMode,
@@ -88,6 +96,7 @@ class Family:
     name: ClassVar[str]
     exact: ClassVar[bool] = True
     identity_deepen: ClassVar[bool] = False
+    pairs_new_spaces: ClassVar[bool] = False
 
     def __init__(
         self, plan: Plan, options: GrowOptions | None = None,
@@ -101,6 +110,10 @@ class Family:
         self.sizes = dict(plan.teacher_size)
         """Each student space's size in the teacher; identity layers extend it (below)."""
         self.identity_layers: dict[str, Node] = {}
+        self.zero_keys: set[str] = set()
+        """Tensors of new blocks that start at zero (a new residual block's last layer)."""
+        self.zero_gain: set[str] = set()
+        """Batchnorms of new residual blocks whose gain and shift start at zero."""
         problems = self.check()
         self.rescaler = Rescaler(plan, self, problems, get)
         if problems:
@@ -140,23 +153,97 @@ class Family:
             problems.extend(self._check_projection(plan.student.node(shortcut)))
         for block in plan.new_blocks:
             node = plan.student.node(block)
-            if self.identity_deepen:
-                problems.extend(self._check_identity_run(f"new block '{block}'", [node]))
-            else:
-                for unit in _units(node):
-                    problems.extend(self.check_new_block(unit))
+            problems.extend(self._check_new(f"new block '{block}'", [node]))
         for run in plan.insert_runs:
             nodes = [plan.student.node(p) for p in run]
-            if self.identity_deepen:
-                label = f"new layer{'s' if len(run) > 1 else ''} {', '.join(run)}"
-                problems.extend(self._check_identity_run(label, nodes))
-            else:
-                for unit in (u for n in nodes for u in _units(n)):
-                    problems.extend(self.check_new_block(unit))
+            label = f"new layer{'s' if len(run) > 1 else ''} {', '.join(run)}"
+            problems.extend(self._check_new(label, nodes))
         return problems
 
+    def _check_new(self, label: str, nodes: list[Node]) -> list[Problem]:
+        """New residual blocks follow the residual rule (every exact family); other new
+        layers start as identities (Net2DeeperNet) or follow the family's own rule."""
+        units = [u for n in nodes for u in _units(n)]
+        if self.exact and all(u.kind == "residual" for u in units):
+            return [p for u in units for p in self.check_residual_block(u)]
+        if self.identity_deepen:
+            return self._check_identity_run(label, nodes)
+        return [p for u in units for p in self.check_new_block(u)]
+
     def check_new_block(self, node: Node) -> list[Problem]:
-        """Conditions on one appended repeat copy; families that deepen override this."""
+        """Conditions on one new non-residual unit; families that deepen override this."""
+        return []
+
+    def check_residual_block(self, node: Node) -> list[Problem]:
+        """A new residual block must start at zero output, so that it is the identity in
+        eval and in train mode and stays near zero after the first optimizer steps.
+
+        - Its body ends (after ops that map 0 to 0) in a batchnorm: that batchnorm's gain
+          and shift start at zero (zero-init residual). Its output is then exactly 0 in
+          both modes, and the layers before it keep generic values, so the gain's gradient
+          Σ g·x̂ is non-zero and grows the block from zero at the optimizer's pace. (Zeroing
+          the layer before the batchnorm instead would normalise an exactly-zero input:
+          x̂ = 0 freezes the gain, and any step away from zero is amplified by 1/√eps.)
+        - Otherwise its last linear, conv or mlp outputs zero by the family's own rule
+          (`zero_output`: R2R pairs, NetMorph and Net2Net a zero layer).
+        Its `post` ops must be the identity on the stream they receive."""
+        if node.shortcut is not None:
+            return [Problem(
+                f"new block '{node.path}' has a projection shortcut; appended copies must keep"
+                " their input shape so the identity shortcut carries the stream",
+                node.mark,
+            )]  # fmt: skip
+        problems: list[Problem] = []
+        nonneg = self.plan.graph.input_nonneg.get(node.path, False)
+        for post in node.post:
+            if post.kind in ALWAYS_IDENTITY or (post.kind in IDENTITY_ON_NONNEG and nonneg):
+                continue
+            why = (
+                "the stream it receives can be negative"
+                if post.kind in IDENTITY_ON_NONNEG
+                else "it is not the identity on the stream"
+            )
+            problems.append(Problem(
+                f"new block '{node.path}': its post op {post.kind} must be the identity on"
+                f" the incoming stream so the block starts as the identity, but {why}",
+                post.mark,
+            ))  # fmt: skip
+        trailing: list[Node] = []
+        terminal: Node | None = None
+        for child in reversed(leaves(node.children)):
+            if child.kind in KEEPS_CHANNELS_INDEPENDENT:
+                trailing.append(child)
+                continue
+            terminal = child
+            break
+        for op in trailing:
+            if op.kind not in FIXED_POINT_AT_ZERO:
+                problems.append(Problem(
+                    f"new block '{node.path}': '{op.path}' ({op.kind}) does not map 0 to 0, so"
+                    " the block cannot start at zero",
+                    op.mark,
+                ))  # fmt: skip
+        norms = [op for op in trailing if op.kind == "batchnorm"]
+        if norms:
+            self.zero_gain.add(norms[-1].path)  # trailing is reversed: the first after terminal
+            return problems
+        if terminal is None or terminal.kind not in ("linear", "conv", "mlp"):
+            what = f"a {terminal.kind}" if terminal else "nothing"
+            return [*problems, Problem(
+                f"new block '{node.path}': its body ends in {what}; a new residual block needs"
+                " a linear, conv or mlp there (or a batchnorm after one) to start at zero",
+                node.mark,
+            )]  # fmt: skip
+        return problems + self.zero_output(node, terminal)
+
+    def zero_output(self, block: Node, terminal: Node) -> list[Problem]:
+        """Make `terminal`, the last layer of new residual `block`, output zero. By default
+        (NetMorph's rule, which Net2Net borrows: its identity layers would double the
+        stream inside a residual) its weight and bias are zero: the first step then moves
+        only that layer, by an amount proportional to the learning rate."""
+        weight = terminal.key("down_proj.weight" if terminal.kind == "mlp" else "weight")
+        self.zero_keys.add(weight)
+        self.zero_keys.add(weight.removesuffix("weight") + "bias")
         return []
 
     def _check_projection(self, shortcut: Node) -> list[Problem]:
@@ -232,8 +319,21 @@ class Family:
                 return f"conv '{layer.path}' needs 'same' padding to be the identity"
         return None
 
+    def warnings(self) -> list[str]:
+        """Why this family's output may not be function-preserving (empty when exact)."""
+        notes = list(self.rescaler.inexact)
+        if not self.exact:
+            notes.append(f"{self.name} is not function-preserving by design")
+        return notes
+
     def widened(self, space: ChannelSpace) -> bool:
         return space.size > self.sizes[space.id]
+
+    def applies_to(self, space: ChannelSpace) -> bool:
+        """Whether the family's widening rule fills `space`'s new channels. A space that is
+        all new (the hidden layer of a new block) has nothing to copy or protect: it stays
+        fresh, unless the family pairs it (R2R, whose zero output reads it in pairs)."""
+        return self.widened(space) and (self.sizes[space.id] > 0 or self.pairs_new_spaces)
 
     # -- tensors --------------------------------------------------------------------------
     def tensor(
@@ -272,13 +372,13 @@ class Family:
         self.fix(key, node_path, local, x)
         old_rows = int(teacher.shape[0]) if teacher is not None and teacher.dim() else 0
         for role, space in roles:
-            if role.kind == "consumer" and self.widened(space):
+            if role.kind == "consumer" and self.applies_to(space):
                 rows = self.protected_rows(x, key, old_rows)
                 if rows is not None:
                     v, d = channel_view(rows, role.dim, role.mult)
                     self.consume(v, d, space, key)
         for role, space in roles:
-            if role.kind != "consumer" and self.widened(space):
+            if role.kind != "consumer" and self.applies_to(space):
                 v, d = channel_view(x, role.dim, role.mult)
                 self.produce(v, d, space, key, role)
         return x
@@ -332,7 +432,9 @@ class Family:
 
     # -- the family's rule ---------------------------------------------------------------
     def fix(self, key: str, node_path: str, local: str, x: torch.Tensor) -> None:
-        """Family-specific values fixed before the widening rules (R2DeeperR's zeros)."""
+        """Values fixed before the widening rules: the zeros of new residual blocks."""
+        if key in self.zero_keys or (node_path in self.zero_gain and local in ("weight", "bias")):
+            x.zero_()
 
     def consume(self, v: torch.Tensor, d: int, space: ChannelSpace, key: str) -> None:
         """Set the columns of a widened space's new channels, for rows that keep values."""

@@ -15,9 +15,12 @@ reads with zero weight at first.
 
 Deepening appends residual blocks that compute zero: the block's hidden space is entirely
 new, so it is paired from the start, and the last producer of the body reads it with
-[Z, -Z, 0] columns in every row and a zero bias. A batchnorm after it gets running_mean 0
-and bias 0 (so it outputs 0), other trailing ops must map 0 to 0, and the `post` op must
-be the identity on the stream it receives (a relu after a non-negative stream is).
+[Z, -Z, 0] columns in every row and a zero bias; trailing ops must map 0 to 0, and the
+`post` op must be the identity on the stream it receives (a relu after a non-negative
+stream is). A block whose body ends in a batchnorm instead starts with that batchnorm's
+gain and shift at zero (the rule every exact family shares, `Family.check_residual_block`):
+pairing the layer before it would feed the batchnorm an exactly-zero input, which in train
+mode it rescales to unit variance as soon as a step moves it.
 A projection shortcut added where the teacher had the identity starts from an identity
 stand-in, so the rule above makes it [I, A, -A] (its batchnorm the identity in eval mode:
 weight √(1+eps), running stats 0 and 1).
@@ -29,105 +32,52 @@ import torch
 
 from morphspec.arch.nodes import Node
 from morphspec.errors import Problem
-from morphspec.growth.conditions import FIXED_POINT_AT_ZERO, KEEPS_CHANNELS_INDEPENDENT
-from morphspec.growth.families.base import Family, GrowOptions, TensorGetter, leaves
+from morphspec.growth.families.base import Family, GrowOptions, TensorGetter
 from morphspec.growth.graph import ChannelSpace, Role
 from morphspec.growth.plan import Plan
 
 __all__ = ["R2R"]
-
-IDENTITY_ON_NONNEG = frozenset({"relu", "leaky_relu"})
-ALWAYS_IDENTITY = frozenset({"identity", "dropout"})
 
 
 class R2R(Family):
     """Fills every student tensor from the teacher's by the R2R rules."""
 
     name = "r2r"
+    pairs_new_spaces = True
 
     def __init__(
         self, plan: Plan, options: GrowOptions | None = None, get: TensorGetter | None = None
     ) -> None:
         self.zero_rows: set[str] = set()
-        self.zero_bias: set[str] = set()
-        self.zero_bn: set[str] = set()
         super().__init__(plan, options, get)
 
     # -- conditions ---------------------------------------------------------------------
     def check_new_block(self, node: Node) -> list[Problem]:
-        where = node.mark
-        if node.kind != "residual":
-            return [Problem(
-                f"new block '{node.path}' is a {node.kind}, not a residual: R2DeeperR inserts"
-                " residual blocks that start as the identity (Net2DeeperNet, which needs no"
-                " residual, is --family net2net)",
-                where,
-            )]  # fmt: skip
-        if node.shortcut is not None:
-            return [Problem(
-                f"new block '{node.path}' has a projection shortcut; appended copies must keep"
-                " their input shape so the identity shortcut carries the stream",
-                where,
-            )]  # fmt: skip
-        problems: list[Problem] = []
-        nonneg = self.plan.graph.input_nonneg.get(node.path, False)
-        for post in node.post:
-            if post.kind in ALWAYS_IDENTITY or (post.kind in IDENTITY_ON_NONNEG and nonneg):
-                continue
-            why = (
-                "the stream it receives can be negative"
-                if post.kind in IDENTITY_ON_NONNEG
-                else "it is not the identity on the stream"
-            )
-            problems.append(Problem(
-                f"new block '{node.path}': its post op {post.kind} must be the identity on"
-                f" the incoming stream so the block starts as the identity, but {why}",
-                post.mark,
-            ))  # fmt: skip
-        trailing: list[Node] = []
-        terminal: Node | None = None
-        for child in reversed(leaves(node.children)):
-            if child.kind in KEEPS_CHANNELS_INDEPENDENT:
-                trailing.append(child)
-                continue
-            terminal = child
-            break
-        if terminal is None or terminal.kind not in ("linear", "conv", "mlp"):
-            what = f"a {terminal.kind}" if terminal else "nothing"
-            return [*problems, Problem(
-                f"new block '{node.path}': its body ends in {what}; R2DeeperR needs a linear,"
-                " conv or mlp there reading a hidden layer of the block",
-                where,
-            )]  # fmt: skip
+        return [Problem(
+            f"new block '{node.path}' is a {node.kind}, not a residual: R2DeeperR inserts"
+            " residual blocks that start as the identity (Net2DeeperNet, which needs no"
+            " residual, is --family net2net)",
+            node.mark,
+        )]  # fmt: skip
+
+    def zero_output(self, block: Node, terminal: Node) -> list[Problem]:
+        """R2DeeperR: the last layer reads the block's (new, paired) hidden space with
+        [Z, -Z] columns in every row and a zero bias, so it outputs zero with Z free."""
         weight = terminal.key("down_proj.weight" if terminal.kind == "mlp" else "weight")
         in_space = next(s for r, s in self.plan.graph.roles(weight) if r.kind == "consumer")
         if self.sizes[in_space.id] != 0 or in_space.is_input:
-            problems.append(Problem(
-                f"new block '{node.path}': the last layer '{terminal.path}' reads the stream"
+            return [Problem(
+                f"new block '{block.path}': the last layer '{terminal.path}' reads the stream"
                 " directly; R2DeeperR needs at least two layers in the body (the paper's"
-                " zero initialisation pairs a hidden layer between them)",
+                " zero initialisation pairs a hidden layer between them), or a batchnorm"
+                " after the last layer",
                 terminal.mark,
-            ))  # fmt: skip
-        for op in trailing:
-            if op.kind not in FIXED_POINT_AT_ZERO:
-                problems.append(Problem(
-                    f"new block '{node.path}': '{op.path}' ({op.kind}) does not map 0 to 0, so"
-                    " the block cannot start at zero",
-                    op.mark,
-                ))  # fmt: skip
-            if op.kind == "batchnorm":
-                self.zero_bn.add(op.path)
+            )]  # fmt: skip
         self.zero_rows.add(weight)
-        self.zero_bias.add(weight.removesuffix("weight") + "bias")
-        return problems
+        self.zero_keys.add(weight.removesuffix("weight") + "bias")
+        return []
 
     # -- the rule -----------------------------------------------------------------------
-    def fix(self, key: str, node_path: str, local: str, x: torch.Tensor) -> None:
-        if key in self.zero_bias or (
-            node_path in self.zero_bn and local in ("bias", "running_mean")
-        ):
-            x.zero_()
-
     def protected_rows(self, x: torch.Tensor, key: str, old_rows: int) -> torch.Tensor | None:
         if key in self.zero_rows:
             return x  # the last layer of a new block: every row must output zero

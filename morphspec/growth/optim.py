@@ -1,0 +1,157 @@
+"""The optimizer state that follows a growth: what a family does to a slice of a parameter,
+it does to that slice's moments.
+
+Every family builds each student tensor from the teacher's by a *monomial* map: each
+entry is a constant (a free parameter, a neutral value, an identity stand-in) or a fixed
+multiple of one teacher entry (copied: 1; negated: -1; Net2Net's split column: 1/n; a
+rescaled tensor: its factor). Write it `s_i = b_i + c_i · t_π(i)`. A moment follows the
+same map without the constants:
+
+    first moments (Adam's exp_avg, SGD's momentum_buffer)    m'_i = c_i · m_π(i)
+    second moments (exp_avg_sq, max_exp_avg_sq)               v'_i = c_i² · v_π(i)
+
+so a copy of a teacher entry inherits its moments, a negated copy the negated first
+moment, Net2Net's columns divided by n get exp_avg/n and exp_avg_sq/n² (Adam's update
+m/√v is then the teacher's, and each of the n copies moves as the teacher's column did),
+and entries with no teacher (c_i = 0) start from zero state. `step` is the teacher's.
+
+The map is read off the family itself, with its free parameters set to zero (init scale
+0, no noise): b = T(0), c = T(1) − b, and π from T(1 + index) − b; a fourth probe with
+random values checks that the map is monomial, so a future rule that mixes teacher entries
+is refused here rather than given wrong moments. For R2R, NetMorph and randpad the teacher
+slice has c = 1 and keeps its state bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from morphspec.errors import MorphError
+from morphspec.growth.families import Family, make_family
+
+__all__ = ["MomentMap", "map_optimizer", "moment_map"]
+
+SECOND_MOMENTS = frozenset({"exp_avg_sq", "max_exp_avg_sq"})
+
+
+@dataclasses.dataclass(frozen=True)
+class MomentMap:
+    """s_i = b_i + c_i · t[π(i)] for one student tensor (flattened; c = 0 where no teacher)."""
+
+    coeff: torch.Tensor
+    index: torch.Tensor
+    shape: tuple[int, ...]
+
+    def apply(self, moment: torch.Tensor, power: int) -> torch.Tensor:
+        src = moment.detach().reshape(-1).to(torch.float64)
+        c = self.coeff if power == 1 else self.coeff**power
+        out = torch.where(self.coeff != 0, c * src[self.index], torch.zeros_like(c))
+        return out.reshape(self.shape).to(moment.dtype)
+
+
+def moment_map(family: Family, key: str, teacher_shape: tuple[int, ...]) -> MomentMap:
+    """The monomial map by which `family` makes student tensor `key` from the teacher's."""
+
+    def make(t: torch.Tensor) -> torch.Tensor:
+        return family.tensor(key, t, None, torch.float64).reshape(-1)
+
+    n = 1
+    for d in teacher_shape:
+        n *= d
+    base = make(torch.zeros(teacher_shape, dtype=torch.float64))
+    coeff = make(torch.ones(teacher_shape, dtype=torch.float64)) - base
+    positions = torch.arange(1, n + 1, dtype=torch.float64).reshape(teacher_shape)
+    scaled = make(positions) - base
+    has = coeff != 0
+    index = torch.zeros_like(base, dtype=torch.int64)
+    index[has] = torch.round(scaled[has] / coeff[has]).to(torch.int64) - 1
+    if bool(((index < 0) | (index >= n)).any()):
+        raise _not_monomial(family, key)
+    gen = torch.Generator().manual_seed(12345)
+    probe = torch.randn(teacher_shape, generator=gen, dtype=torch.float64)
+    got = make(probe) - base
+    want = torch.where(has, coeff * probe.reshape(-1)[index], torch.zeros_like(coeff))
+    if not torch.allclose(got, want, rtol=1e-9, atol=1e-12):
+        raise _not_monomial(family, key)
+    shape = tuple(int(d) for d in family.shapes[key])
+    return MomentMap(coeff, index, shape)
+
+
+def _not_monomial(family: Family, key: str) -> MorphError:
+    return MorphError(
+        f"the optimizer state of '{key}' cannot follow {family.name}'s growth: the student"
+        " tensor is not a copy or multiple of single teacher entries; start a fresh optimizer"
+    )
+
+
+def _state_family(family: Family) -> Family:
+    """The same family and plan with its free parameters at zero (see the module doc)."""
+    options = dataclasses.replace(family.options, init_scale=0.0, noise=0.0)
+    return make_family(family.name, family.plan, options, family.rescaler.get)
+
+
+def map_optimizer(
+    optimizer: Optimizer, teacher: nn.Module, student: nn.Module, family: Family
+) -> tuple[Optimizer, dict[str, Any]]:
+    """An optimizer of `optimizer`'s class over `student`'s parameters, with the state and
+    hyperparameters that continue the teacher's; and its state_dict."""
+    names = {id(p): name for name, p in teacher.named_parameters()}
+    group_of: dict[str, int] = {}
+    for g, group in enumerate(optimizer.param_groups):
+        for p in group["params"]:
+            if id(p) not in names:
+                raise MorphError(
+                    "the optimizer holds a parameter that is not the teacher's; pass the"
+                    " optimizer built over the teacher's parameters"
+                )
+            group_of[names[id(p)]] = g
+    old_state = optimizer.state_dict()["state"]
+    t_index = {
+        names[id(p)]: i
+        for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])
+    }
+    plan = family.plan
+    mapper = _state_family(family)
+    groups: list[list[nn.Parameter]] = [[] for _ in optimizer.param_groups]
+    keys: list[list[str]] = [[] for _ in optimizer.param_groups]
+    teacher_keys = dict(teacher.named_parameters())
+    for name, p in student.named_parameters():
+        if name in teacher_keys and name not in group_of:
+            continue  # the teacher's optimizer did not train it: neither does the student's
+        ref = name if name in group_of else plan.reference_key(name)
+        g = group_of.get(ref, 0) if ref is not None else 0
+        groups[g].append(p)
+        keys[g].append(name)
+    new = type(optimizer)([{"params": ps} for ps in groups], **optimizer.defaults)
+    state_dict = new.state_dict()
+    flat = [k for ks in keys for k in ks]
+    state: dict[int, dict[str, Any]] = {}
+    for i, name in enumerate(flat):
+        old = old_state.get(t_index.get(name, -1))
+        if not old:
+            continue  # a new parameter (or one never stepped) starts from zero state
+        tshape = tuple(teacher_keys[name].shape)
+        mmap = moment_map(mapper, name, tshape) if tshape != tuple(student.get_parameter(
+            name).shape) or mapper.rescaler.touches(name) else None  # fmt: skip
+        entry: dict[str, Any] = {}
+        for k, v in old.items():
+            if isinstance(v, torch.Tensor) and tuple(v.shape) == tshape and v.dim() > 0:
+                entry[k] = (
+                    v.clone() if mmap is None else mmap.apply(v, 2 if k in SECOND_MOMENTS else 1)
+                )
+            else:
+                entry[k] = v.clone() if isinstance(v, torch.Tensor) else v
+        state[i] = entry
+    saved = optimizer.state_dict()["param_groups"]
+    state_dict["state"] = state
+    state_dict["param_groups"] = [
+        {**{k: v for k, v in saved[g].items() if k != "params"}, "params": group["params"]}
+        for g, group in enumerate(state_dict["param_groups"])
+    ]
+    new.load_state_dict(state_dict)
+    return new, new.state_dict()

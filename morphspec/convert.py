@@ -143,7 +143,7 @@ def convert(
             result = None
             if verify:
                 result = verify_checkpoints(
-                    teacher, checkpoint, student, staging, samples, seed, rtol
+                    teacher, checkpoint, student, staging, samples, seed, rtol, grower.modes
                 )
                 if not result.passed and grower.exact and not grower.rescaler.inexact:
                     raise NotPreservingError(

@@ -96,13 +96,14 @@ def compare(
 def verify_checkpoints(
     teacher: Arch, teacher_ckpt: str | Path, student: Arch, student_ckpt: str | Path,
     samples: int = 32, seed: int = 0, rtol: float = DEFAULT_RTOL,
+    modes: tuple[Mode, ...] = ("eval", "train"),
 ) -> Verification:  # fmt: skip
-    """Load both checkpoints strictly into their models and compare them in eval and in
-    train mode; the worse of the two (its `mode` says which)."""
+    """Load both checkpoints strictly into their models and compare them in each of
+    `modes`; the worst result (its `mode` says which)."""
     from morphspec.api import load
 
     t_model = load(teacher, teacher_ckpt)
     s_model = load(student, student_ckpt)
     inputs = sample_inputs(teacher, samples, seed)
-    results = [compare(t_model, s_model, inputs, rtol, seed, mode) for mode in ("eval", "train")]
+    results = [compare(t_model, s_model, inputs, rtol, seed, mode) for mode in modes]
     return max(results, key=lambda v: v.rel_err)

@@ -324,7 +324,26 @@ class Family:
         notes = list(self.rescaler.inexact)
         if not self.exact:
             notes.append(f"{self.name} is not function-preserving by design")
+        notes.extend(self.eval_only())
         return notes
+
+    def eval_only(self) -> list[str]:
+        """Why the student is exact in eval mode only: a batchnorm started as the identity
+        (Net2DeeperNet's layers, a new projection's norm) is the identity on its running
+        statistics, but in train mode it normalises by each batch's, which no parameters
+        can undo for every batch. Empty when the student is exact in train mode too."""
+        paths = [p for p, n in self.identity_layers.items() if n.kind == "batchnorm"]
+        if not paths:
+            return []
+        return [
+            f"batchnorm {', '.join(paths)} start(s) as the identity: exact in eval mode only;"
+            " in train mode a batchnorm normalises by the batch's statistics"
+        ]
+
+    @property
+    def modes(self) -> tuple[Literal["eval", "train"], ...]:
+        """The modes in which the student must reproduce the teacher."""
+        return ("eval",) if self.eval_only() else ("eval", "train")
 
     def widened(self, space: ChannelSpace) -> bool:
         return space.size > self.sizes[space.id]

@@ -220,5 +220,11 @@ def plot_report(report: ProbeReport, path: Path) -> None:
     dist_ax.set(xticks=x, title="distance per section", ylabel="d = Σ‖Δx‖")
     dist_ax.set_xticklabels(names, rotation=20)
     twin.set_ylabel("d scaled = Σ‖Δx‖/‖x‖")
+    scaled_ax.set_ylim(bottom=0)
+    abs_ax.set_ylim(bottom=0)
     scaled_ax.legend(fontsize="small")
+    handles = dist_ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    dist_ax.margins(y=0.3)
+    twin.margins(y=0.3)
+    dist_ax.legend(handles=handles, fontsize="small", loc="upper left", ncols=2)
     fig.savefig(path, format="png")

@@ -3,17 +3,20 @@
 from morphspec.api import build, load, load_spec, resolve, save
 from morphspec.arch import Arch
 from morphspec.errors import MorphError
+from morphspec.probe import ProbeReport, probe  # torch-free at import, like api.py
 from morphspec.spec import Spec
 
 __version__ = "0.1.0"
 __all__ = [
     "Arch",
     "MorphError",
+    "ProbeReport",
     "Spec",
     "__version__",
     "build",
     "load",
     "load_spec",
+    "probe",
     "resolve",
     "save",
 ]

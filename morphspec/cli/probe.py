@@ -1,0 +1,230 @@
+"""`morph probe`: how far each residual block moves the data, and the depth each section needs."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from morphspec.arch import Arch, resolve
+from morphspec.cli.options import ForceOpt, JsonOpt, SeedOpt, SetOpt, SpecArg
+from morphspec.cli.output import Output
+from morphspec.errors import Mark, MorphError
+from morphspec.probe import DEFAULT_EPSILON, ProbeReport
+from morphspec.spec import load_spec, parse_set
+
+__all__ = ["EXAMPLES", "plot_report", "probe"]
+
+EXAMPLES = """\
+  morph probe examples/specs/preact_resnet.yaml teacher.safetensors
+  morph probe digits.yaml digits.safetensors --inputs inputs.safetensors --plot probe.png
+  morph probe teacher.yaml teacher.safetensors --epsilon 0.2 --suggest student.yaml --json"""
+
+CkptArg = Annotated[Path, typer.Argument(metavar="CKPT", help="The trained checkpoint.")]
+InputsOpt = Annotated[
+    Path | None,
+    typer.Option("--inputs", metavar="FILE", help="A safetensors file with tensor 'inputs' "
+                 "[N, *input shape] (default: seeded random inputs).", show_default=False),
+]  # fmt: skip
+SamplesOpt = Annotated[
+    int | None,
+    typer.Option("--samples", min=1, help="Samples to average over [default: 256, or all of"
+                 " --inputs].", show_default=False),
+]  # fmt: skip
+EpsilonOpt = Annotated[
+    float, typer.Option("--epsilon", help="Target mean scaled perturbation per section.")
+]
+BatchOpt = Annotated[int, typer.Option("--batch", min=1, help="Samples per forward pass.")]
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option("--plot", metavar="OUT.png", help="Draw the perturbations and distances"
+                 " (needs matplotlib: pip install 'morphspec[plot]').", show_default=False),
+]  # fmt: skip
+SuggestOpt = Annotated[
+    Path | None,
+    typer.Option("--suggest", metavar="STUDENT.yaml", help="Write a student spec that extends the"
+                 " teacher with the recommended depths, for convert.", show_default=False),
+]  # fmt: skip
+
+
+def probe(
+    spec: SpecArg,
+    checkpoint: CkptArg,
+    inputs: InputsOpt = None,
+    samples: SamplesOpt = None,
+    seed: SeedOpt = 0,
+    epsilon: EpsilonOpt = DEFAULT_EPSILON,
+    batch: BatchOpt = 64,
+    plot: PlotOpt = None,
+    suggest: SuggestOpt = None,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the model in eval mode and measure, per residual block, abs = mean ‖x_out − x_in‖
+    and scaled = mean ‖x_out − x_in‖ / ‖x_in‖; per section (consecutive blocks of one shape),
+    the distances and recommended_blocks = max(blocks, ceil(scaled_distance / epsilon)).
+
+    --suggest writes the student spec that deepens each section to that depth (or says which
+    `times` to change by hand), ready for `morph convert`. See docs/probe.md.
+    """
+    from morphspec.probe import probe as run_probe
+
+    out = Output(as_json)
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise MorphError(f"--epsilon must be a positive number, got {epsilon:g}")
+    arch = resolve(load_spec(spec, set_))
+    inputs_of = [spec, checkpoint, *([inputs] if inputs else [])]
+    for target in (suggest, plot):
+        if target is not None:
+            _check_output(target, inputs_of, force)
+    if plot is not None:
+        _matplotlib()
+    report = run_probe(arch, checkpoint, inputs=inputs, samples=samples, seed=seed,
+                       epsilon=epsilon, batch=batch)  # fmt: skip
+    data: dict[str, Any] = report.to_json()
+    if suggest is not None:
+        data["suggest"] = _write_suggestion(report, spec, suggest, parse_set(set_), out)
+    if plot is not None:
+        _atomic(plot, lambda tmp: plot_report(report, tmp))
+        data["plot"] = str(plot)
+    out.result(data, _render(report))
+
+
+def _check_output(target: Path, inputs: list[Path], force: bool) -> None:
+    where = Mark(str(target))
+    if target.is_dir():
+        raise MorphError(f"{target} is a folder; give a file name", where)
+    for source in inputs:
+        if source.exists() and target.exists() and os.path.samefile(source, target):
+            raise MorphError(f"{target} is one of the inputs; choose another file", where)
+    if target.exists() and not force:
+        raise MorphError(f"{target} exists; pass --force to replace it", where)
+    if not target.parent.is_dir():
+        raise MorphError(f"the folder {target.parent} does not exist", where)
+
+
+def _matplotlib() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise MorphError(
+            "--plot needs matplotlib, an optional extra: pip install 'morphspec[plot]'"
+        ) from None
+    return matplotlib
+
+
+@contextlib.contextmanager
+def _staging(target: Path) -> Iterator[Path]:
+    """A hidden file beside `target` (same suffix), removed unless renamed into place."""
+    tmp = target.parent / f".{target.stem}.{os.getpid()}.partial{target.suffix}"
+    try:
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic(target: Path, write: Callable[[Path], None]) -> None:
+    with _staging(target) as tmp:
+        write(tmp)
+        os.replace(tmp, target)
+
+
+def _write_suggestion(
+    report: ProbeReport, teacher: Path, target: Path, teacher_set: dict[str, Any], out: Output
+) -> dict[str, Any]:
+    """Write the student, and rename it into place only after it loads and `diff` plans it."""
+    from morphspec.growth.plan import diff
+    from morphspec.suggest import student_text, suggest
+
+    suggestion = suggest(report, teacher_set)
+    with _staging(target) as tmp:
+        tmp.write_text(student_text(suggestion, report, teacher, target), encoding="utf-8")
+        student = resolve(load_spec(tmp))
+        diff(report.arch, student)
+        _check_depths(report, student)
+        os.replace(tmp, target)
+    for note in suggestion.notes:
+        out.talk(note)
+    out.talk(f"wrote {target}")
+    return {"path": str(target), **suggestion.to_json()}
+
+
+def _check_depths(report: ProbeReport, student: Arch) -> None:
+    """The student's repeats are at least as long as each var change promised."""
+    for sec in report.layout:
+        if sec.repeat is not None:
+            old = report.arch.node(sec.repeat).args["times"]
+            if student.node(sec.repeat).args["times"] < old:
+                raise MorphError(f"internal: the suggestion shortens {sec.repeat}")
+
+
+def _render(report: ProbeReport) -> Group:
+    blocks = Table(box=None, pad_edge=False, title="blocks", title_justify="left")
+    for col in ("block", "section", "abs", "scaled"):
+        blocks.add_column(col, justify="right" if col in ("abs", "scaled") else "left")
+    for b in report.blocks:
+        blocks.add_row(b.path, b.section, f"{b.abs:.4g}", f"{b.scaled:.4g}")
+    sections = Table(box=None, pad_edge=False, title="sections", title_justify="left")
+    heads = ("section", "blocks", "distance", "scaled dist.", "mean scaled", "recommended",
+             f"< ε={report.epsilon:g}")  # fmt: skip
+    for col in heads:
+        sections.add_column(col, justify="left" if col == "section" else "right")
+    for s in report.sections:
+        sections.add_row(
+            s.name, str(s.blocks), f"{s.distance:.4g}", f"{s.scaled_distance:.4g}",
+            f"{s.mean_scaled:.4g}", str(s.recommended_blocks),
+            "yes" if s.perturbation_from_identity else "no",
+        )  # fmt: skip
+    foot = Text(
+        f"{report.samples} samples; recommended = max(blocks, ceil(scaled distance / ε))",
+        style="dim",
+    )
+    return Group(blocks, Text(""), sections, Text(""), foot)
+
+
+def plot_report(report: ProbeReport, path: Path) -> None:
+    """The paper's figures for one network: scaled and absolute perturbation against
+    relative depth (l + 1/2) / L, one line per section, and each section's distances."""
+    _matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 3.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    scaled_ax, abs_ax, dist_ax = fig.subplots(1, 3)
+    for sec in report.sections:
+        rows = [b for b in report.blocks if b.section == sec.name]
+        depth = [(i + 0.5) / len(rows) for i in range(len(rows))]
+        scaled_ax.plot(depth, [b.scaled for b in rows], marker="o", label=sec.name)
+        abs_ax.plot(depth, [b.abs for b in rows], marker="o", label=sec.name)
+    scaled_ax.axhline(report.epsilon, color="grey", linestyle="--", linewidth=1, label="ε")
+    scaled_ax.set(xlabel="relative depth in section", ylabel="‖Δx‖ / ‖x‖",
+                  title="scaled perturbation", xlim=(0, 1))  # fmt: skip
+    abs_ax.set(xlabel="relative depth in section", ylabel="‖Δx‖", title="perturbation",
+               xlim=(0, 1))  # fmt: skip
+    names = [s.name for s in report.sections]
+    x = list(range(len(names)))
+    dist_ax.bar([i - 0.2 for i in x], [s.distance for s in report.sections], 0.4, label="d")
+    twin = dist_ax.twinx()
+    twin.bar([i + 0.2 for i in x], [s.scaled_distance for s in report.sections], 0.4,
+             color="tab:orange", label="d scaled")  # fmt: skip
+    dist_ax.set(xticks=x, title="distance per section", ylabel="d = Σ‖Δx‖")
+    dist_ax.set_xticklabels(names, rotation=20)
+    twin.set_ylabel("d scaled = Σ‖Δx‖/‖x‖")
+    scaled_ax.set_ylim(bottom=0)
+    abs_ax.set_ylim(bottom=0)
+    scaled_ax.legend(fontsize="small")
+    handles = dist_ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    dist_ax.margins(y=0.3)
+    twin.margins(y=0.3)
+    dist_ax.legend(handles=handles, fontsize="small", loc="upper left", ncols=2)
+    fig.savefig(path, format="png")

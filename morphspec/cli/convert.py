@@ -132,7 +132,7 @@ def convert(
             progress=progress,
         )  # fmt: skip
     if not as_json:
-        out.out.print(plan_table(result.plan))
+        out.out.print(plan_table(result.plan, family))
     for warning in result.warnings:
         out.warn(warning)
     v = result.verification

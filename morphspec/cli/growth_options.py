@@ -29,7 +29,7 @@ def merge_sets(both: list[str] | None, own: list[str] | None) -> list[str]:
     return [*(both or []), *(own or [])]
 
 
-def plan_table(plan: Plan) -> Table:
+def plan_table(plan: Plan, family: str = "r2r") -> Table:
     """The plan for people: which spaces widen, which blocks are new, parameters."""
     before, after = plan.teacher.trainable_count(), plan.student.trainable_count()
     table = Table(
@@ -44,7 +44,8 @@ def plan_table(plan: Plan) -> Table:
         if isinstance(op, WidenSpace):
             odd = f" + {op.odd} unpaired" if op.odd else ""
             where = op.space if len(op.edges) <= 1 else f"{op.space} (+{len(op.edges) - 1} joined)"
-            table.add_row("widen", where, f"{op.old} -> {op.new} ({op.pairs} pairs{odd})")
+            how = f"{op.pairs} pairs{odd}" if family == "r2r" else f"+{op.new - op.old} channels"
+            table.add_row("widen", where, f"{op.old} -> {op.new} ({how})")
         elif isinstance(op, InsertBlocks):
             table.add_row("insert blocks", op.repeat, f"{op.old_times} -> {op.new_times} copies")
         elif isinstance(op, InsertLayers):

@@ -65,7 +65,8 @@ FAMILY_CONDITIONS: dict[str, Conditions] = {
     "r2r": Conditions(
         family="r2r",
         widen_activations="keeps channels independent",
-        deepen="residual blocks that output zero (R2DeeperR)",
+        deepen="residual blocks that output zero: R2DeeperR's [Z, -Z] last layer, or a zero"
+        " gain on the block's last batchnorm (exact in train mode, grows from zero)",
         deepen_activations="keeps channels independent, σ(0)=0 after the block's last layer;"
         " post is the identity on the stream",
         function_preserving="exact",
@@ -73,7 +74,7 @@ FAMILY_CONDITIONS: dict[str, Conditions] = {
         residual_streams=True,
         free_parameters="half (U, c, Z)",
         preserves_parameters=True,
-        new_layers=">= 2 per new block",
+        new_layers=">= 2 per new block (1 when a batchnorm ends it)",
         new_channels="any (pairs, plus one unpaired channel read with a zero column)",
         kernel_morph=False,
         noise="on U and Z (exact)",
@@ -81,9 +82,10 @@ FAMILY_CONDITIONS: dict[str, Conditions] = {
     "net2net": Conditions(
         family="net2net",
         widen_activations="keeps channels independent",
-        deepen="identity layers in new repeat copies (Net2DeeperNet)",
+        deepen="identity layers in new repeat copies (Net2DeeperNet); residual blocks borrow"
+        " NetMorph's zero last layer (or a zero last-batchnorm gain)",
         deepen_activations="idempotent on the incoming tensor (relu after relu)",
-        function_preserving="exact in eval mode (batchnorm statistics copied)",
+        function_preserving="exact (identity batchnorms: eval mode only)",
         requires_noise=True,
         residual_streams=True,
         free_parameters="none (copies of random old channels)",
@@ -96,9 +98,10 @@ FAMILY_CONDITIONS: dict[str, Conditions] = {
     "netmorph": Conditions(
         family="netmorph",
         widen_activations="keeps channels independent (--netmorph-zero in: and σ(0)=0)",
-        deepen="identity layers in new repeat copies (as Net2DeeperNet)",
+        deepen="identity layers in new repeat copies (as Net2DeeperNet); residual blocks: a"
+        " zero last layer (or a zero last-batchnorm gain)",
         deepen_activations="idempotent on the incoming tensor (relu after relu)",
-        function_preserving="exact",
+        function_preserving="exact (identity batchnorms: eval mode only)",
         requires_noise=False,
         residual_streams=True,
         free_parameters="half (new producers, or new consumers)",

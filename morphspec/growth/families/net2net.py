@@ -37,6 +37,18 @@ class Net2Net(Family):
         self._maps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         super().__init__(plan, options, get)
 
+    def warnings(self) -> list[str]:
+        notes = super().warnings()
+        if not self.options.noise and any(
+            self.applies_to(s) for s in self.plan.graph.spaces
+        ):
+            notes.append(
+                "net2net without --noise: each new channel is an exact copy of an old one, and"
+                " copies get identical gradients, so training never tells them apart; pass"
+                " --noise (e.g. 0.01) to split the copies' columns unequally (still exact)"
+            )
+        return notes
+
     def mapping(self, space: ChannelSpace) -> tuple[torch.Tensor, torch.Tensor]:
         """g (the old channel each new one copies) and the count of each old channel."""
         if space.id not in self._maps:

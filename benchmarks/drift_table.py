@@ -47,21 +47,14 @@ def main() -> None:
                     family=family, noise=0.05 if family == "net2net" else 0.0,
                     verify=family != "randpad",
                 )  # fmt: skip
+                arch = result.plan.teacher
                 ratios = [
-                    drift_ratio(
-                        teacher,
-                        result.student,
-                        result.plan.teacher,
-                        steps=k,
-                        optimizer=opt,
-                        batch=16,
-                    ).ratio  # fmt: skip
+                    drift_ratio(teacher, result.student, arch, steps=k, optimizer=opt, batch=16)
                     for opt in ("sgd", "adam")
                     for k in (1, 10)
                 ]
-                print(
-                    f"| {label} | {family} | " + " | ".join(f"{d.ratio:.2f}" for d in ratios) + " |"
-                )
+                cells = " | ".join(f"{d.ratio:.2f}" for d in ratios)
+                print(f"| {label} | {family} | {cells} |")
 
 
 if __name__ == "__main__":

@@ -39,9 +39,7 @@ class Net2Net(Family):
 
     def warnings(self) -> list[str]:
         notes = super().warnings()
-        if not self.options.noise and any(
-            self.applies_to(s) for s in self.plan.graph.spaces
-        ):
+        if not self.options.noise and any(self.applies_to(s) for s in self.plan.graph.spaces):
             notes.append(
                 "net2net without --noise: each new channel is an exact copy of an old one, and"
                 " copies get identical gradients, so training never tells them apart; pass"

@@ -12,19 +12,17 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from morphspec.arch import Arch, resolve
+from morphspec.arch import Arch
 from morphspec.checkpoint import CheckpointReader, check_keys, make_metadata, write_safetensors
-from morphspec.defaults import DEFAULT_RTOL
 from morphspec.errors import Mark, MorphError, NotPreservingError, closest
 from morphspec.growth.apply import student_entries
-from morphspec.growth.families import FAMILIES, Family, GrowOptions, RescaleMode, make_family
-from morphspec.growth.init import InitMode
-from morphspec.growth.plan import Plan, diff
-from morphspec.spec import load_spec
+from morphspec.growth.families import FAMILIES, Family, make_family
+from morphspec.growth.options import GrowOptions
+from morphspec.growth.plan import Plan, plan_for
 from morphspec.spec.load import SetArg
 from morphspec.verify import Verification, verify_checkpoints
 
@@ -63,17 +61,6 @@ class ConvertResult:
         }
 
 
-def plan_for(
-    teacher_spec: str | Path,
-    student_spec: str | Path,
-    teacher_set: SetArg = None,
-    student_set: SetArg = None,
-) -> tuple[Arch, Arch, Plan]:
-    teacher = resolve(load_spec(teacher_spec, teacher_set))
-    student = resolve(load_spec(student_spec, student_set))
-    return teacher, student, diff(teacher, student)
-
-
 def default_output(student_spec: str | Path, student: Arch) -> Path:
     """`<student name>.safetensors` beside the student spec."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", student.name).strip("-.") or "student"
@@ -108,32 +95,29 @@ def convert(
     checkpoint: str | Path,
     output: str | Path | None = None,
     *,
-    family: str = "r2r",
-    init: InitMode = "match",
-    init_scale: float = 1.0,
-    seed: int = 0,
-    noise: float = 0.0,
-    netmorph_zero: Literal["out", "in"] = "out",
-    rescale: RescaleMode = "none",
-    allow_inexact: bool = False,
+    options: GrowOptions | None = None,
     force: bool = False,
     dry_run: bool = False,
     verify: bool = True,
-    rtol: float = DEFAULT_RTOL,
-    samples: int = 32,
     teacher_set: SetArg = None,
     student_set: SetArg = None,
     progress: Callable[[int, int], None] | None = None,
+    **option_values: Any,
 ) -> ConvertResult:
-    """Grow `checkpoint` (of `teacher_spec`) into the student; see the module docstring."""
+    """Grow `checkpoint` (of `teacher_spec`) into the student; see the module docstring.
+
+    The growth options (`family`, `seed`, `rtol`, ... see `GrowOptions`) come as `options`
+    or as keywords of the same names, which override it."""
+    opts = replace(options or GrowOptions(), **option_values)
+    family, seed, rtol, samples = opts.family, opts.seed, opts.rtol, opts.samples
+    init, init_scale, noise, rescale = opts.init, opts.init_scale, opts.noise, opts.rescale
     teacher, student, plan = plan_for(teacher_spec, student_spec, teacher_set, student_set)
     if family not in FAMILIES:
         raise MorphError(f"unknown family '{family}'{closest(family, FAMILIES)}")
-    options = GrowOptions(init, init_scale, seed, noise, netmorph_zero, rescale, allow_inexact)
     out = Path(output) if output is not None else default_output(student_spec, student)
     with CheckpointReader(checkpoint) as reader:
         check_keys(reader, teacher.state_shapes(), str(teacher_spec))
-        grower = make_family(family, plan, options, reader.get)
+        grower = make_family(family, plan, opts, reader.get)
         _check_output(out, reader, force)
         if dry_run:
             return ConvertResult(plan, out, False, None, None, grower)

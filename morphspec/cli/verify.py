@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from morphspec.arch import resolve
-from morphspec.cli.growth_options import StudentSetOpt, TeacherSetOpt
+from morphspec.cli.growth_options import StudentSetOpt, TeacherSetOpt, growth_option
 from morphspec.cli.options import JsonOpt, SeedOpt
 from morphspec.cli.output import Output
 from morphspec.defaults import DEFAULT_RTOL
@@ -21,10 +21,8 @@ EXAMPLES = """\
   morph verify teacher.yaml teacher.safetensors student.yaml student.safetensors
   morph verify t.yaml t.safetensors s.yaml s.safetensors --samples 64 --rtol 1e-4 --json"""
 
-SamplesOpt = Annotated[int, typer.Option("--samples", min=1, help="Inputs to compare on.")]
-RtolOpt = Annotated[
-    float, typer.Option("--rtol", min=0.0, help="Pass when max|s-t| / max|t| is at most this.")
-]
+SamplesOpt = Annotated[int, growth_option("samples")]
+RtolOpt = Annotated[float, growth_option("rtol")]
 CkptArg = Annotated[Path, typer.Argument(metavar="CKPT", help="A safetensors checkpoint.")]
 SpecArg = Annotated[Path, typer.Argument(metavar="SPEC", help="A spec file.")]
 

@@ -18,42 +18,50 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from morphspec.arch.nodes import Node
 from morphspec.errors import PlanRefused, Problem
-from morphspec.growth.conditions import FAMILY_CONDITIONS, IDEMPOTENT, Conditions
+from morphspec.growth.conditions import FAMILY_CONDITIONS, Conditions
 from morphspec.growth.graph import ChannelSpace, Role
 from morphspec.growth.init import (
-    InitMode,
     add_normal,
     generator,
     std_of,
     tensor_std,
     uniform_into,
 )  # fmt: skip
+from morphspec.growth.kinds import KindRule, rule_of
+from morphspec.growth.options import GrowOptions, RescaleMode
 from morphspec.growth.plan import Plan
-from morphspec.growth.rescale import Rescaler
+from morphspec.growth.rescale import Rescaler, rescale
 
-__all__ = ["Family", "GrowOptions", "RescaleMode", "TensorGetter", "channel_view"]
+__all__ = ["Facts", "Family", "GrowOptions", "RescaleMode", "TensorGetter", "channel_view"]
 
 TensorGetter = Callable[[str], torch.Tensor]
-RescaleMode = Literal["none", "default_vt", "vt_constraint_old_shape", "vt_constraint_new_shape"]
-CHANNEL_DEFAULTS = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
 
 
-@dataclass(frozen=True)
-class GrowOptions:
-    init: InitMode = "match"
-    init_scale: float = 1.0
-    seed: int = 0
-    noise: float = 0.0
-    netmorph_zero: Literal["out", "in"] = "out"
-    rescale: RescaleMode = "none"
-    allow_inexact: bool = False
+@dataclass
+class Facts:
+    """What checking a plan found that filling reads: made fresh by each `check`, kept by
+    the family once, never changed while tensors are filled."""
+
+    sizes: dict[int, int]
+    """Each student space's size in the teacher; identity layers carry it into spaces
+    written only by new layers."""
+    identity_layers: dict[str, Node] = field(default_factory=dict)
+
+    def widened(self, space: ChannelSpace) -> bool:
+        return space.size > self.sizes[space.id]
+
+
+def _rule(node: Node) -> KindRule:
+    rule = rule_of(node.kind)
+    assert rule is not None, f"{node.kind} has no growth rule (the planner refuses it)"
+    return rule
 
 
 def channel_view(x: torch.Tensor, dim: int, mult: int) -> tuple[torch.Tensor, int]:
@@ -98,21 +106,41 @@ class Family:
         self.options = options or GrowOptions()
         self.conditions: Conditions = FAMILY_CONDITIONS[self.name]
         self.shapes = plan.student.state_shapes()
-        self.sizes = dict(plan.teacher_size)
-        """Each student space's size in the teacher; identity layers extend it (below)."""
-        self.identity_layers: dict[str, Node] = {}
-        problems = self.check()
-        self.rescaler = Rescaler(plan, self, problems, get)
+        facts = self.new_facts()
+        problems = self.check(facts)
+        self.facts = facts
+        mode = self.options.rescale
+        if mode != "none" and not self.conditions.preserves_parameters:
+            problems.append(Problem(
+                f"--rescale applies to families that keep the teacher's parameters (r2r,"
+                f" netmorph); {self.name} already divides consumer columns by replica counts"
+            ))  # fmt: skip
+            mode = "none"
+        self.rescaler: Rescaler = rescale(plan, facts.sizes, mode, get, self.options.allow_inexact)
+        problems += self.rescaler.problems
         if problems:
             raise PlanRefused(problems)
 
+    @property
+    def sizes(self) -> dict[int, int]:
+        return self.facts.sizes
+
+    @property
+    def identity_layers(self) -> dict[str, Node]:
+        return self.facts.identity_layers
+
+    def new_facts(self) -> Facts:
+        """Empty facts for `check` to fill (families with more facts override this)."""
+        return Facts(dict(self.plan.teacher_size))
+
     # -- conditions ---------------------------------------------------------------------
-    def check(self) -> list[Problem]:
-        """Every problem this family has with the plan, found before any tensor moves."""
+    def check(self, facts: Facts) -> list[Problem]:
+        """Every problem this family has with the plan, found before any tensor moves; what
+        filling will need is recorded in `facts` (and nowhere else)."""
         problems: list[Problem] = []
         plan = self.plan
         for space in plan.graph.spaces:
-            if self.widened(space) and space.mixing_norms and self.exact:
+            if facts.widened(space) and space.mixing_norms and self.exact:
                 norm = plan.student.node(space.mixing_norms[0])
                 problems.append(Problem(
                     f"channel space '{space.label}' passes through {norm.kind} '{norm.path}',"
@@ -120,7 +148,7 @@ class Family:
                     " width, or wait for norm-preserving lifts",
                     norm.mark,
                 ))  # fmt: skip
-            if self.widened(space) and space.frozen_by:
+            if facts.widened(space) and space.frozen_by:
                 node = plan.student.node(space.frozen_by[0])
                 problems.append(Problem(
                     f"channel space '{space.label}' cannot widen: '{node.path}' flattens a"
@@ -137,38 +165,38 @@ class Family:
                     node.mark,
                 ))  # fmt: skip
         for shortcut in plan.projections:
-            problems.extend(self._check_projection(plan.student.node(shortcut)))
+            problems.extend(self._check_projection(plan.student.node(shortcut), facts))
         for block in plan.new_blocks:
             node = plan.student.node(block)
             if self.identity_deepen:
-                problems.extend(self._check_identity_run(f"new block '{block}'", [node]))
+                problems.extend(self._check_identity_run(f"new block '{block}'", [node], facts))
             else:
                 for unit in _units(node):
-                    problems.extend(self.check_new_block(unit))
+                    problems.extend(self.check_new_block(unit, facts))
         for run in plan.insert_runs:
             nodes = [plan.student.node(p) for p in run]
             if self.identity_deepen:
                 label = f"new layer{'s' if len(run) > 1 else ''} {', '.join(run)}"
-                problems.extend(self._check_identity_run(label, nodes))
+                problems.extend(self._check_identity_run(label, nodes, facts))
             else:
                 for unit in (u for n in nodes for u in _units(n)):
-                    problems.extend(self.check_new_block(unit))
+                    problems.extend(self.check_new_block(unit, facts))
         return problems
 
-    def check_new_block(self, node: Node) -> list[Problem]:
+    def check_new_block(self, node: Node, facts: Facts) -> list[Problem]:
         """Conditions on one appended repeat copy; families that deepen override this."""
         return []
 
-    def _check_projection(self, shortcut: Node) -> list[Problem]:
-        kinds = [c.kind for c in shortcut.children]
+    def _check_projection(self, shortcut: Node, facts: Facts) -> list[Problem]:
+        idents = [_rule(c).identity for c in shortcut.children]
         first = shortcut.children[0] if shortcut.children else None
-        ok = kinds in (["conv"], ["conv", "batchnorm"], ["linear"], ["linear", "batchnorm"])
-        if ok and first is not None and first.kind == "conv":
+        ok = idents in (["matrix"], ["matrix", "batchnorm"])
+        if ok and first is not None and "kernel" in first.args:
             ok = first.args["kernel"] == 1 and first.args["stride"] == 1
             ok = ok and first.args["padding"] == 0
         if ok:
             for child in shortcut.children:
-                self.identity_layers[child.path] = child
+                facts.identity_layers[child.path] = child
             return []
         return [Problem(
             f"new projection shortcut '{shortcut.path}' must be a 1x1 conv (stride 1) or a"
@@ -176,7 +204,7 @@ class Family:
             shortcut.mark,
         )]  # fmt: skip
 
-    def _check_identity_run(self, where: str, nodes: list[Node]) -> list[Problem]:
+    def _check_identity_run(self, where: str, nodes: list[Node], facts: Facts) -> list[Problem]:
         """Net2DeeperNet: every new layer starts as the identity, so each activation among
         them sees what entered the first one, and must be idempotent on it."""
         for node in nodes:
@@ -190,17 +218,17 @@ class Family:
         problems: list[Problem] = []
         nonneg = self.plan.graph.input_nonneg.get(nodes[0].path, False)
         for layer in leaves(tuple(nodes)):
-            kind = layer.kind
-            if kind in ("linear", "conv", "batchnorm"):
-                problem = self._identity_layer_problem(layer)
+            kind, rule = layer.kind, _rule(layer)
+            if rule.identity != "none":
+                problem = self._identity_layer_problem(layer, rule, facts)
                 if problem:
                     problems.append(Problem(f"{where}: {problem}", layer.mark))
                 else:
-                    self.identity_layers[layer.path] = layer
-            elif kind in IDEMPOTENT:
-                if kind == "relu" and not nonneg:
+                    facts.identity_layers[layer.path] = layer
+            elif rule.idempotent:
+                if not rule.is_identity and not nonneg:
                     problems.append(Problem(
-                        f"{where}: relu '{layer.path}' is the identity only on a non-negative"
+                        f"{where}: {kind} '{layer.path}' is the identity only on a non-negative"
                         " input, and the tensor entering the block can be negative (it does not"
                         " come out of a relu)",
                         layer.mark,
@@ -214,26 +242,22 @@ class Family:
                 ))  # fmt: skip
         return problems
 
-    def _identity_layer_problem(self, layer: Node) -> str | None:
-        if layer.kind == "batchnorm":
+    def _identity_layer_problem(self, layer: Node, rule: KindRule, facts: Facts) -> str | None:
+        if rule.identity != "matrix":
             return None
         spaces = {r.kind: s for r, s in self.plan.graph.roles(layer.key("weight"))}
         src, dst = spaces["consumer"], spaces["producer"]
-        if self.sizes[dst.id] == 0:
+        sizes = facts.sizes
+        if sizes[dst.id] == 0:
             # Written only by new layers: an identity layer carries the teacher's width on.
-            self.sizes[dst.id] = self.sizes[src.id]
-        if self.sizes[dst.id] != self.sizes[src.id] or dst.size != src.size:
+            sizes[dst.id] = sizes[src.id]
+        if sizes[dst.id] != sizes[src.id] or dst.size != src.size:
             return f"'{layer.path}' changes the width, so it cannot start as the identity"
-        if layer.kind == "conv":
-            a = layer.args
-            if a["kernel"] % 2 == 0 or a["stride"] != 1:
-                return f"conv '{layer.path}' needs an odd kernel and stride 1 to be the identity"
-            if a["padding"] != a["dilation"] * (a["kernel"] - 1) // 2:
-                return f"conv '{layer.path}' needs 'same' padding to be the identity"
-        return None
+        why = rule.identity_problem(layer.args)
+        return f"{layer.kind} '{layer.path}' {why}" if why else None
 
     def widened(self, space: ChannelSpace) -> bool:
-        return space.size > self.sizes[space.id]
+        return self.facts.widened(space)
 
     # -- tensors --------------------------------------------------------------------------
     def tensor(
@@ -254,7 +278,8 @@ class Family:
             teacher = self.rescaler.teacher(key, teacher)
         is_channel = any(r.kind == "channel" for r, _ in roles)
         if is_channel:
-            x = torch.full(shape, CHANNEL_DEFAULTS.get(local, 0.0), dtype=torch.float64).to(dtype)
+            neutral = _rule(self.plan.student.node(node_path)).neutral.get(local, 0.0)
+            x = torch.full(shape, neutral, dtype=torch.float64).to(dtype)
         else:
             existing = std_of(teacher) if teacher is not None else reference_std
             std = tensor_std(existing, shape, self.options.init, self.options.init_scale)
@@ -316,15 +341,17 @@ class Family:
         """The teacher-sized identity stand-in for `node`'s parameter `local`."""
         roles = list(self.plan.graph.roles(node.key(local)))
         a = self.sizes[roles[0][1].id] if roles else 0
-        if node.kind == "batchnorm":
+        if _rule(node).identity == "batchnorm":
+            # weight √(1+eps) and running_var 1: (x - 0)/√(1+eps)·√(1+eps) + 0 = x exactly.
             value = {"weight": math.sqrt(1.0 + node.args["eps"]), "running_var": 1.0}
             return torch.full((a,), value.get(local, 0.0), dtype=torch.float64).to(dtype)
         if local == "bias":
             return torch.zeros(a, dtype=dtype)
-        k = node.args.get("kernel", 1) if node.kind == "conv" else 1
-        w = torch.zeros((a, a, k, k) if node.kind == "conv" else (a, a), dtype=dtype)
+        spatial = len(node.params["weight"]) == 4
+        k = node.args["kernel"] if spatial else 1
+        w = torch.zeros((a, a, k, k) if spatial else (a, a), dtype=dtype)
         idx = torch.arange(a)
-        if node.kind == "conv":
+        if spatial:
             w[idx, idx, k // 2, k // 2] = 1
         else:
             w[idx, idx] = 1

@@ -25,19 +25,26 @@ weight √(1+eps), running stats 0 and 1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from morphspec.arch.nodes import Node
 from morphspec.errors import Problem
-from morphspec.growth.conditions import FIXED_POINT_AT_ZERO, KEEPS_CHANNELS_INDEPENDENT
-from morphspec.growth.families.base import Family, GrowOptions, TensorGetter, leaves
+from morphspec.growth.families.base import Facts, Family, leaves
 from morphspec.growth.graph import ChannelSpace, Role
-from morphspec.growth.plan import Plan
+from morphspec.growth.kinds import kinds_where, rule_of
 
 __all__ = ["R2R"]
 
-IDENTITY_ON_NONNEG = frozenset({"relu", "leaky_relu"})
-ALWAYS_IDENTITY = frozenset({"identity", "dropout"})
+
+@dataclass
+class R2RFacts(Facts):
+    """R2DeeperR's zeros: the last layer of each new block and what follows it."""
+
+    zero_rows: set[str] = field(default_factory=set)
+    zero_keys: set[str] = field(default_factory=set)
+    """The bias of the last layer, and what makes the ops after it map 0 to 0."""
 
 
 class R2R(Family):
@@ -45,16 +52,17 @@ class R2R(Family):
 
     name = "r2r"
 
-    def __init__(
-        self, plan: Plan, options: GrowOptions | None = None, get: TensorGetter | None = None
-    ) -> None:
-        self.zero_rows: set[str] = set()
-        self.zero_bias: set[str] = set()
-        self.zero_bn: set[str] = set()
-        super().__init__(plan, options, get)
+    def new_facts(self) -> R2RFacts:
+        return R2RFacts(dict(self.plan.teacher_size))
+
+    @property
+    def r2r_facts(self) -> R2RFacts:
+        assert isinstance(self.facts, R2RFacts)
+        return self.facts
 
     # -- conditions ---------------------------------------------------------------------
-    def check_new_block(self, node: Node) -> list[Problem]:
+    def check_new_block(self, node: Node, facts: Facts) -> list[Problem]:
+        assert isinstance(facts, R2RFacts)
         where = node.mark
         if node.kind != "residual":
             return [Problem(
@@ -72,11 +80,13 @@ class R2R(Family):
         problems: list[Problem] = []
         nonneg = self.plan.graph.input_nonneg.get(node.path, False)
         for post in node.post:
-            if post.kind in ALWAYS_IDENTITY or (post.kind in IDENTITY_ON_NONNEG and nonneg):
+            rule = rule_of(post.kind)
+            on_nonneg = rule is not None and rule.identity_on_nonneg
+            if (rule is not None and rule.is_identity) or (on_nonneg and nonneg):
                 continue
             why = (
                 "the stream it receives can be negative"
-                if post.kind in IDENTITY_ON_NONNEG
+                if on_nonneg
                 else "it is not the identity on the stream"
             )
             problems.append(Problem(
@@ -87,21 +97,25 @@ class R2R(Family):
         trailing: list[Node] = []
         terminal: Node | None = None
         for child in reversed(leaves(node.children)):
-            if child.kind in KEEPS_CHANNELS_INDEPENDENT:
+            child_rule = rule_of(child.kind)
+            if child_rule is not None and child_rule.keeps_channels_independent:
                 trailing.append(child)
                 continue
             terminal = child
             break
-        if terminal is None or terminal.kind not in ("linear", "conv", "mlp"):
+        t_rule = rule_of(terminal.kind) if terminal is not None else None
+        matrix = t_rule.out_matrix() if t_rule is not None else None
+        if terminal is None or matrix is None:
             what = f"a {terminal.kind}" if terminal else "nothing"
+            able = ", ".join(sorted(kinds_where(lambda r: r.out_matrix() is not None)))
             return [*problems, Problem(
-                f"new block '{node.path}': its body ends in {what}; R2DeeperR needs a linear,"
-                " conv or mlp there reading a hidden layer of the block",
+                f"new block '{node.path}': its body ends in {what}; R2DeeperR needs a layer"
+                f" that writes the stream from a hidden layer of the block there ({able})",
                 where,
             )]  # fmt: skip
-        weight = terminal.key("down_proj.weight" if terminal.kind == "mlp" else "weight")
+        weight = terminal.key(matrix)
         in_space = next(s for r, s in self.plan.graph.roles(weight) if r.kind == "consumer")
-        if self.sizes[in_space.id] != 0 or in_space.is_input:
+        if facts.sizes[in_space.id] != 0 or in_space.is_input:
             problems.append(Problem(
                 f"new block '{node.path}': the last layer '{terminal.path}' reads the stream"
                 " directly; R2DeeperR needs at least two layers in the body (the paper's"
@@ -109,27 +123,26 @@ class R2R(Family):
                 terminal.mark,
             ))  # fmt: skip
         for op in trailing:
-            if op.kind not in FIXED_POINT_AT_ZERO:
+            op_rule = rule_of(op.kind)
+            if op_rule is None or not op_rule.zero_fixed:
                 problems.append(Problem(
                     f"new block '{node.path}': '{op.path}' ({op.kind}) does not map 0 to 0, so"
                     " the block cannot start at zero",
                     op.mark,
                 ))  # fmt: skip
-            if op.kind == "batchnorm":
-                self.zero_bn.add(op.path)
-        self.zero_rows.add(weight)
-        self.zero_bias.add(weight.removesuffix("weight") + "bias")
+            if op_rule is not None:
+                facts.zero_keys.update(op.key(p) for p in op_rule.zero_at_zero if p in op.params)
+        facts.zero_rows.add(weight)
+        facts.zero_keys.add(weight.removesuffix("weight") + "bias")
         return problems
 
     # -- the rule -----------------------------------------------------------------------
     def fix(self, key: str, node_path: str, local: str, x: torch.Tensor) -> None:
-        if key in self.zero_bias or (
-            node_path in self.zero_bn and local in ("bias", "running_mean")
-        ):
+        if key in self.r2r_facts.zero_keys:
             x.zero_()
 
     def protected_rows(self, x: torch.Tensor, key: str, old_rows: int) -> torch.Tensor | None:
-        if key in self.zero_rows:
+        if key in self.r2r_facts.zero_rows:
             return x  # the last layer of a new block: every row must output zero
         return super().protected_rows(x, key, old_rows)
 

@@ -262,7 +262,10 @@ _RULES = [
     ),
     # Added to the stream: its columns write the stream's channels like a producer's rows,
     # so new columns are drawn, and paired (R2R) or copied (Net2Net) with the space.
-    KindRule("position_embedding", "keep", (ParamRole("weight", 1, "producer", "in"),)),
+    # On new channels it maps 0 to 0 where producers' new rows are zero (NetMorph's `in`).
+    KindRule(
+        "position_embedding", "keep", (ParamRole("weight", 1, "producer", "in"),), zero_fixed=True
+    ),
     KindRule(
         "mlp",
         "new",

@@ -48,7 +48,8 @@ class Layout:
 
     - `append`: one block of channels; new ones go at the end (every rule today);
     - `segments`: `parts` equal segments (a reversible unit's Y and Z halves), each growing
-      at its own end, so new channels land in the middle of the tensor;
+      at its own end, so new channels land in the middle of the tensor; a role that touches
+      one segment only names it (`segment`, 0-based);
     - `groups`: `groups` × `per_group` entries (heads × head_dim, named by the args that
       size them); `grow="groups"` appends whole groups, `grow="inside"` appends entries
       inside every group.
@@ -59,13 +60,15 @@ class Layout:
 
     kind: Literal["append", "segments", "groups"] = "append"
     parts: int = 1
+    segment: int | None = None
     groups: str | None = None
     per_group: str | None = None
     grow: Literal["groups", "inside"] = "groups"
 
     def describe(self) -> str:
         if self.kind == "segments":
-            return f"{self.parts} segments, each growing at its own end"
+            which = f", segment {self.segment}" if self.segment is not None else ""
+            return f"{self.parts} segments, each growing at its own end{which}"
         if self.kind == "groups":
             where = "new groups appended" if self.grow == "groups" else "new entries inside each"
             return f"{self.groups} x {self.per_group} ({where})"

@@ -126,9 +126,11 @@ def inputs64(arch: Arch, n: int = 16) -> torch.Tensor:
 
 
 def grow64(
-    tmp: Path, text: str, teacher: dict[str, Any], student: dict[str, Any], **kw: Any
-) -> tuple[ConvertResult, float]:
-    """Convert a float64 teacher; the student's rel_err, computed in float64."""
+    tmp: Path, text: str, teacher: dict[str, Any], student: dict[str, Any],
+    train: bool = False, **kw: Any,
+) -> tuple[ConvertResult, float]:  # fmt: skip
+    """Convert a float64 teacher; the student's rel_err, computed in float64 (in train mode,
+    batchnorms use the batch's statistics)."""
     t_spec = write_spec(tmp / "t.yaml", text.format(name="t", **teacher))
     s_spec = write_spec(tmp / "s.yaml", text.format(name="s", **student))
     ckpt = teacher64(t_spec, tmp)
@@ -137,6 +139,8 @@ def grow64(
     assert result.plan.ops, "nothing grew"
     t_model, s_model = model64(result.plan.teacher, ckpt), model64(result.plan.student, out)
     x = inputs64(result.plan.teacher)
+    t_model.train(train)
+    s_model.train(train)
     with torch.no_grad():
         t, s = t_model(x), s_model(x)
     assert s.dtype == torch.float64 and t.abs().max() > 0
@@ -155,8 +159,13 @@ WIDEN_FAMILIES = [
 
 @pytest.mark.parametrize("kw", WIDEN_FAMILIES, ids=lambda kw: "-".join(map(str, kw.values())))
 @pytest.mark.parametrize("w", [6, 7], ids=["even", "odd"])
-def test_widening_is_exact_in_float64(tmp_path: Path, kw: dict[str, Any], w: int) -> None:
-    _, err = grow64(tmp_path, CNN, {"w": 3, "d": 1}, {"w": w, "d": 1}, **kw)
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_widening_is_exact_in_float64(
+    tmp_path: Path, kw: dict[str, Any], w: int, train: bool
+) -> None:
+    """Widening keeps the function in train mode too: new channels are equal pairs, copies
+    or zero-read, so the batch statistics of the old channels do not change."""
+    _, err = grow64(tmp_path, CNN, {"w": 3, "d": 1}, {"w": w, "d": 1}, train=train, **kw)
     assert err <= RTOL, err
 
 

@@ -63,24 +63,32 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def main() -> None:
+def hashes(tmp: Path, names: list[str] | None = None) -> dict[str, str]:
+    """The digest (or the refusal) of every case, or of the cases `names`."""
     out: dict[str, str] = {}
+    cases = [(p, f, {}) for p in PAIRS for f in FAMILIES] + EXTRA
+    for pair, family, kw in cases:
+        name = f"{pair}/{family}" + "".join(f"/{k}={v}" for k, v in sorted(kw.items()))
+        if names is not None and name not in names:
+            continue
+        t, s, ts, ss = PAIRS[pair]
+        ckpt = tmp / f"{pair}.teacher.safetensors"
+        if not ckpt.exists():
+            make_teacher(SPECS / t, ts, out=ckpt)
+        dst = tmp / "student.safetensors"
+        try:
+            convert(SPECS / t, SPECS / s, ckpt, dst, family=family, force=True,
+                    verify=False, teacher_set=ts, student_set=ss, **kw)  # fmt: skip
+            out[name] = digest(dst)
+        except MorphError as e:
+            out[name] = "refused: " + str(e).splitlines()[0][:100]
+        print(name, out[name][:24], file=sys.stderr)
+    return out
+
+
+def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cases = [(p, f, {}) for p in PAIRS for f in FAMILIES] + EXTRA
-        for pair, family, kw in cases:
-            t, s, ts, ss = PAIRS[pair]
-            ckpt = Path(tmp) / f"{pair}.teacher.safetensors"
-            if not ckpt.exists():
-                make_teacher(SPECS / t, ts, out=ckpt)
-            dst = Path(tmp) / "student.safetensors"
-            name = f"{pair}/{family}" + "".join(f"/{k}={v}" for k, v in sorted(kw.items()))
-            try:
-                convert(SPECS / t, SPECS / s, ckpt, dst, family=family, force=True,
-                        verify=False, teacher_set=ts, student_set=ss, **kw)  # fmt: skip
-                out[name] = digest(dst)
-            except MorphError as e:
-                out[name] = "refused: " + str(e).splitlines()[0][:100]
-            print(name, out[name][:24], file=sys.stderr)
+        out = hashes(Path(tmp))
     json.dump(out, sys.stdout, indent=1, sort_keys=True)
     print()
 

@@ -116,6 +116,8 @@ class KindRule:
     grows: frozenset[str] = frozenset()
     """Integer args that may grow (each widens a space or appends copies)."""
     ties: tuple[Tie, ...] = ()
+    kernel_morph: bool = False
+    """An odd `kernel` may grow when `padding` grows by half the difference (NetMorph)."""
     keeps_channels_independent: bool = False
     mixes_channels: bool = False
     zero_fixed: bool = False
@@ -210,6 +212,7 @@ _RULES = [
         grows=frozenset({"out"}),
         identity="matrix",
         identity_problem=_conv_identity_problem,
+        kernel_morph=True,
     ),
     KindRule(
         "batchnorm",

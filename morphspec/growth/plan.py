@@ -279,7 +279,8 @@ def plan_for(
 
 def _grown_kernel(t: Node, s: Node) -> GrowKernel | None:
     """A kernel-size morph: a larger odd kernel whose extra padding keeps the output size."""
-    if t.kind != "conv" or s.args["kernel"] <= t.args["kernel"]:
+    rule = rule_of(t.kind)
+    if rule is None or not rule.kernel_morph or s.args["kernel"] <= t.args["kernel"]:
         return None
     tk, sk, dil = t.args["kernel"], s.args["kernel"], t.args["dilation"]
     if tk % 2 == 0 or sk % 2 == 0 or s.args["dilation"] != dil:

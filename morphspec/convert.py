@@ -12,19 +12,18 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from morphspec.arch import Arch
 from morphspec.checkpoint import CheckpointReader, make_metadata, write_safetensors
-from morphspec.defaults import DEFAULT_RTOL
 from morphspec.errors import Mark, MorphError, NotPreservingError
-from morphspec.grow import plan_for, prepare
+from morphspec.grow import prepare
 from morphspec.growth.apply import student_entries
-from morphspec.growth.families import Family, GrowOptions, RescaleMode
-from morphspec.growth.init import InitMode
-from morphspec.growth.plan import Plan
+from morphspec.growth.families import Family
+from morphspec.growth.options import GrowOptions
+from morphspec.growth.plan import Plan, plan_for
 from morphspec.spec.load import SetArg
 from morphspec.verify import Verification, verify_checkpoints
 
@@ -94,31 +93,26 @@ def convert(
     checkpoint: str | Path,
     output: str | Path | None = None,
     *,
-    family: str = "r2r",
-    init: InitMode = "match",
-    init_scale: float = 1.0,
-    seed: int = 0,
-    noise: float = 0.0,
-    netmorph_zero: Literal["out", "in"] = "out",
-    rescale: RescaleMode = "none",
-    allow_inexact: bool = False,
+    options: GrowOptions | None = None,
     force: bool = False,
     dry_run: bool = False,
     verify: bool = True,
-    rtol: float = DEFAULT_RTOL,
-    samples: int = 32,
     teacher_set: SetArg = None,
     student_set: SetArg = None,
     progress: Callable[[int, int], None] | None = None,
+    **option_values: Any,
 ) -> ConvertResult:
-    """Grow `checkpoint` (of `teacher_spec`) into the student; see the module docstring."""
-    options = GrowOptions(init, init_scale, seed, noise, netmorph_zero, rescale, allow_inexact)
+    """Grow `checkpoint` (of `teacher_spec`) into the student; see the module docstring.
+
+    The growth options (`family`, `seed`, `rtol`, ... see `GrowOptions`) come as `options`
+    or as keywords of the same names, which override it."""
+    opts = replace(options or GrowOptions(), **option_values)
+    family, seed, rtol, samples = opts.family, opts.seed, opts.rtol, opts.samples
+    init, init_scale, noise, rescale = opts.init, opts.init_scale, opts.noise, opts.rescale
+    teacher, student, plan = plan_for(teacher_spec, student_spec, teacher_set, student_set)
+    out = Path(output) if output is not None else default_output(student_spec, student)
     with CheckpointReader(checkpoint) as reader:
-        plan, grower = prepare(
-            teacher_spec, student_spec, reader, family, options, teacher_set, student_set
-        )
-        teacher, student = plan.teacher, plan.student
-        out = Path(output) if output is not None else default_output(student_spec, student)
+        grower = prepare(plan, reader, opts, str(teacher_spec))
         _check_output(out, reader, force)
         if dry_run:
             return ConvertResult(plan, out, False, None, None, grower)

@@ -2,7 +2,7 @@
 
 `grow` and `morph convert` share one path: both specs are resolved and diffed, the family
 checks its conditions and the teacher's keys and shapes are checked before any tensor is
-made (`prepare`); then `student_entries` makes the student tensor by tensor. `convert`
+made (`diff`, then `prepare`); then `student_entries` makes the student tensor by tensor. `convert`
 streams those entries to a file; `grow` loads them into a built student module, verifies
 it in eval *and* train mode, and maps the optimizer's state onto the student's parameters.
 """
@@ -10,21 +10,21 @@ it in eval *and* train mode, and maps the optimizer's state onto the student's p
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from morphspec.arch import Arch, resolve
 from morphspec.checkpoint import check_keys
-from morphspec.defaults import DEFAULT_RTOL, DEFAULT_SAMPLES
 from morphspec.errors import Mark, MorphError, NotPreservingError, closest
 from morphspec.growth.apply import StateSource, TensorSource, student_entries
-from morphspec.growth.families import FAMILIES, Family, GrowOptions, RescaleMode, make_family
-from morphspec.growth.init import InitMode
+from morphspec.growth.families import FAMILIES, Family, make_family
+from morphspec.growth.options import GrowOptions
 from morphspec.growth.plan import Plan, diff
 from morphspec.spec import Spec, load_spec
 from morphspec.spec.load import SetArg
@@ -33,7 +33,7 @@ from morphspec.verify import Verification, compare, sample_inputs
 if TYPE_CHECKING:
     from torch.optim import Optimizer
 
-__all__ = ["GrowResult", "grow", "plan_for", "prepare"]
+__all__ = ["GrowResult", "grow", "prepare"]
 
 SpecLike = Spec | Arch | str | Path
 
@@ -44,34 +44,14 @@ def _arch(spec: SpecLike, set_: SetArg) -> Arch:
     return resolve(spec if isinstance(spec, Spec) else load_spec(spec, set_))
 
 
-def plan_for(
-    teacher_spec: SpecLike,
-    student_spec: SpecLike,
-    teacher_set: SetArg = None,
-    student_set: SetArg = None,
-) -> tuple[Arch, Arch, Plan]:
-    """Resolve both specs and diff them (torch-free work, refused with YAML places)."""
-    teacher = _arch(teacher_spec, teacher_set)
-    student = _arch(student_spec, student_set)
-    return teacher, student, diff(teacher, student)
-
-
-def prepare(
-    teacher_spec: SpecLike,
-    student_spec: SpecLike,
-    source: TensorSource,
-    family: str,
-    options: GrowOptions,
-    teacher_set: SetArg = None,
-    student_set: SetArg = None,
-) -> tuple[Plan, Family]:
-    """Everything checked before a tensor moves: specs, plan, the family's conditions and
-    the teacher's keys and shapes. Shared by `grow` and `convert`."""
-    teacher, _, plan = plan_for(teacher_spec, student_spec, teacher_set, student_set)
-    if family not in FAMILIES:
-        raise MorphError(f"unknown family '{family}'{closest(family, FAMILIES)}")
-    check_keys(source, teacher.state_shapes(), _label(teacher_spec, teacher))
-    return plan, make_family(family, plan, options, source.get)
+def prepare(plan: Plan, source: TensorSource, options: GrowOptions, teacher_label: str) -> Family:
+    """What is checked after the plan and before a tensor moves: the family and its
+    conditions, and the teacher's keys and shapes. Shared by `grow` and `convert`, which
+    both plan first (so a refused plan never opens a checkpoint)."""
+    if options.family not in FAMILIES:
+        raise MorphError(f"unknown family '{options.family}'{closest(options.family, FAMILIES)}")
+    check_keys(source, plan.teacher.state_shapes(), teacher_label)
+    return make_family(options.family, plan, options, source.get)
 
 
 def _label(spec: SpecLike, arch: Arch) -> str:
@@ -114,23 +94,17 @@ def grow(
     student_spec: SpecLike,
     *,
     optimizer: Optimizer | None = None,
-    family: str = "r2r",
-    init: InitMode = "match",
-    init_scale: float = 1.0,
-    seed: int = 0,
-    noise: float = 0.0,
-    netmorph_zero: Literal["out", "in"] = "out",
-    rescale: RescaleMode = "none",
-    allow_inexact: bool = False,
+    options: GrowOptions | None = None,
     verify: bool = True,
-    rtol: float = DEFAULT_RTOL,
-    samples: int = DEFAULT_SAMPLES,
     teacher_set: SetArg = None,
     student_set: SetArg = None,
+    **option_values: Any,
 ) -> GrowResult:
     """Grow `teacher` (a module built from `teacher_spec`, or its state_dict) into a module
     of `student_spec` that computes the same function, in the teacher's train/eval mode,
-    device and dtype. The same options, checks and refusals as `morph convert`.
+    device and dtype. The same options (`GrowOptions`: `family`, `seed`, `noise`, `rtol`,
+    ..., as `options` or as keywords of the same names), checks and refusals as
+    `morph convert`.
 
     With `optimizer` (torch Adam, AdamW or SGD over the teacher's parameters), the result
     also carries an optimizer of the same class over the student's parameters whose state
@@ -142,10 +116,11 @@ def grow(
     module = teacher if isinstance(teacher, nn.Module) else None
     state = dict(module.state_dict() if module is not None else teacher)  # type: ignore[arg-type]
     source = StateSource(state)
-    options = GrowOptions(init, init_scale, seed, noise, netmorph_zero, rescale, allow_inexact)
-    plan, grower = prepare(
-        teacher_spec, student_spec, source, family, options, teacher_set, student_set
-    )
+    opts = dataclasses.replace(options or GrowOptions(), **option_values)
+    seed, rtol, samples = opts.seed, opts.rtol, opts.samples
+    t_arch = _arch(teacher_spec, teacher_set)
+    plan = diff(t_arch, _arch(student_spec, student_set))
+    grower = prepare(plan, source, opts, _label(teacher_spec, t_arch))
     t_arch, s_arch = plan.teacher, plan.student
     device = next(iter(state.values())).device if state else torch.device("cpu")
     grown = {

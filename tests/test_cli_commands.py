@@ -272,13 +272,14 @@ def test_python_dash_m_help() -> None:
     assert "Exit codes" in result.stdout and "validate" in result.stdout
 
 
-def test_help_and_validate_do_not_import_torch(tmp_path: Path) -> None:
+def test_help_validate_summary_and_diff_do_not_import_torch(tmp_path: Path) -> None:
     spec = write(tmp_path, SMALL)
     code = f"""
 import sys
 from typer.testing import CliRunner
 from morphspec.cli.app import app
-for args in (["--help"], ["validate", {str(spec)!r}], ["summary", {str(spec)!r}]):
+for args in (["--help"], ["validate", {str(spec)!r}], ["summary", {str(spec)!r}],
+             ["diff", {str(spec)!r}, {str(spec)!r}, "--student-set", "r=1"]):
     assert CliRunner().invoke(app, args).exit_code == 0, args
 assert "torch" not in sys.modules, "torch was imported: import it inside commands"
 """

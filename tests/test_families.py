@@ -142,9 +142,14 @@ def test_kernel_growth_refused_by_other_families(tmp_path: Path, family: str) ->
 
 
 @pytest.mark.parametrize("family", ["net2net", "netmorph"])
-def test_identity_deepen_refuses_residual_blocks(tmp_path: Path, family: str) -> None:
-    with pytest.raises(PlanRefused, match="residual"):
-        grow(tmp_path, DEEPEN["r2r"][0], family=family)
+@pytest.mark.parametrize("case", DEEPEN["r2r"][:2])
+def test_identity_families_deepen_residual_blocks(
+    tmp_path: Path, family: str, case: tuple[Any, ...]
+) -> None:
+    """New residual blocks follow the shared residual rule (zero last-batchnorm gain, or
+    a zero last layer), not Net2DeeperNet's identity layers, which would double x."""
+    result, rel_err = grow(tmp_path, case, family=family)
+    assert result.plan.inserts and rel_err <= 1e-5
 
 
 def test_identity_deepen_refuses_tanh(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ rescale with no exact compensation); hypothesis' statistics show how often each 
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,11 @@ from morphspec.convert import convert
 from morphspec.errors import PlanRefused
 
 RESCALES = ["none", "default_vt", "vt_constraint_old_shape", "vt_constraint_new_shape"]
+# A refusal passes one example, so a change that refused almost everything would pass them
+# all: at least this share of the generated cases must convert. 134 of 200 do (measured on
+# the 200 derandomized examples); a quarter leaves room for new legitimate refusals.
+MIN_CONVERTED = 0.25
+OUTCOMES: Counter[str] = Counter()
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +57,7 @@ def options(draw: st.DrawFn) -> dict[str, object]:
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(case=cases(), opts=options())
-def test_exact_families_never_exceed_the_tolerance(case: Case, opts: dict[str, object]) -> None:
+def _exact_or_refused(case: Case, opts: dict[str, object]) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         teacher, student = tmp / "teacher.yaml", tmp / "student.yaml"
@@ -66,7 +72,20 @@ def test_exact_families_never_exceed_the_tolerance(case: Case, opts: dict[str, o
             assert not out.exists()
             assert [p.name for p in tmp.iterdir()] != [] and not list(tmp.glob(".*unverified"))
             event(f"{label}: refused")
+            OUTCOMES["refused"] += 1
             return
         assert result.verification is not None
         assert result.verification.rel_err <= 1e-5, (opts, result.verification)
         event(f"{label}: exact")
+        OUTCOMES["converted"] += 1
+
+
+def test_exact_families_never_exceed_the_tolerance() -> None:
+    OUTCOMES.clear()
+    _exact_or_refused()
+    total = sum(OUTCOMES.values())
+    print(f"converted {OUTCOMES['converted']} of {total}")
+    assert total >= 100, OUTCOMES
+    assert OUTCOMES["converted"] >= MIN_CONVERTED * total, (
+        f"only {OUTCOMES['converted']} of {total} cases converted; the rest were refused"
+    )

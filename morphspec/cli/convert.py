@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
 import typer
 
@@ -15,11 +15,10 @@ from morphspec.cli.growth_options import (
     TeacherSetOpt,
     merge_sets,
     plan_table,
+    with_growth_options,
 )  # fmt: skip
-from morphspec.cli.options import ForceOpt, JsonOpt, SeedOpt, SetOpt
+from morphspec.cli.options import ForceOpt, JsonOpt, SetOpt
 from morphspec.cli.output import Output
-from morphspec.cli.verify import RtolOpt, SamplesOpt
-from morphspec.defaults import DEFAULT_RTOL
 
 __all__ = ["EXAMPLES", "convert"]
 
@@ -41,45 +40,6 @@ OutOpt = Annotated[
         show_default=False,
     ),
 ]  # fmt: skip
-FamilyOpt = Annotated[
-    Literal["r2r", "net2net", "netmorph", "randpad"],
-    typer.Option("--family", help="Growth family; `morph families` shows their conditions."),
-]
-NoiseOpt = Annotated[
-    float,
-    typer.Option(
-        "--noise",
-        min=0.0,
-        help="Symmetry-breaking noise of this relative size, placed where it keeps the function.",
-    ),
-]
-NetmorphZeroOpt = Annotated[
-    Literal["out", "in"],
-    typer.Option(
-        "--netmorph-zero",
-        help="netmorph: zero the new consumer columns (out) or the new producer rows (in).",
-    ),
-]
-RescaleOpt = Annotated[
-    Literal["none", "default_vt", "vt_constraint_old_shape", "vt_constraint_new_shape"],
-    typer.Option(
-        "--rescale", help="Variance-transfer rescaling of widened hidden layers, kept exact."
-    ),
-]
-AllowInexactOpt = Annotated[
-    bool,
-    typer.Option(
-        "--allow-inexact",
-        help="Rescale even where no exact compensation exists; report the deviation.",
-    ),
-]
-InitOpt = Annotated[
-    Literal["match", "he"],
-    typer.Option("--init", help="Scale of free parameters: match the existing weights, or He."),
-]
-InitScaleOpt = Annotated[
-    float, typer.Option("--init-scale", min=0.0, help="Multiplies the scale of free parameters.")
-]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Check and plan; write nothing.")]
 NoVerifyOpt = Annotated[
     bool,
@@ -87,28 +47,20 @@ NoVerifyOpt = Annotated[
 ]
 
 
+@with_growth_options(after="output")
 def convert(
     teacher: TeacherArg,
     student: StudentArg,
     checkpoint: CkptArg,
     output: OutOpt = None,
-    family: FamilyOpt = "r2r",
-    init: InitOpt = "match",
-    init_scale: InitScaleOpt = 1.0,
-    seed: SeedOpt = 0,
-    noise: NoiseOpt = 0.0,
-    netmorph_zero: NetmorphZeroOpt = "out",
-    rescale: RescaleOpt = "none",
-    allow_inexact: AllowInexactOpt = False,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
-    rtol: RtolOpt = DEFAULT_RTOL,
-    samples: SamplesOpt = 32,
     set_: SetOpt = None,
     teacher_set: TeacherSetOpt = None,
     student_set: StudentSetOpt = None,
     as_json: JsonOpt = False,
+    **options: Any,
 ) -> None:
     """Grow CKPT, a checkpoint of TEACHER, into a checkpoint of STUDENT that computes the same
     function. Everything is checked before a tensor moves; the output is written beside its
@@ -124,15 +76,13 @@ def convert(
             bar.update(task, completed=done, total=total)
 
         result = run(
-            teacher, student, checkpoint, output,
-            family=family, init=init, init_scale=init_scale, seed=seed, noise=noise,
-            netmorph_zero=netmorph_zero, rescale=rescale, allow_inexact=allow_inexact, force=force,
-            dry_run=dry_run, verify=not no_verify, rtol=rtol, samples=samples,
+            teacher, student, checkpoint, output, force=force,
+            dry_run=dry_run, verify=not no_verify, **options,
             teacher_set=merge_sets(set_, teacher_set), student_set=merge_sets(set_, student_set),
             progress=progress,
         )  # fmt: skip
     if not as_json:
-        out.out.print(plan_table(result.plan, family))
+        out.out.print(plan_table(result.plan, result.family.name))
     for warning in result.warnings:
         out.warn(warning)
     v = result.verification

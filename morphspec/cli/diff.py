@@ -30,7 +30,7 @@ def diff(
 ) -> None:
     """Print the growth plan: which channel spaces widen, which blocks are appended, and the
     parameter counts before and after. Refusals are listed with both YAML places."""
-    from morphspec.convert import plan_for
+    from morphspec.growth.plan import plan_for
 
     out = Output(as_json)
     _, _, plan = plan_for(

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 from rich.table import Table
 
+from morphspec.growth.options import GrowOptions, option_infos
 from morphspec.growth.plan import GrowKernel, InsertBlocks, InsertLayers, Plan, WidenSpace
 
-__all__ = ["StudentArg", "StudentSetOpt", "TeacherArg", "TeacherSetOpt", "merge_sets", "plan_table"]
+__all__ = [
+    "StudentArg", "StudentSetOpt", "TeacherArg", "TeacherSetOpt", "growth_option", "merge_sets",
+    "option_annotation", "plan_table", "with_growth_options",
+]  # fmt: skip
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 TeacherArg = Annotated[Path, typer.Argument(metavar="TEACHER", help="The teacher's spec.")]
 StudentArg = Annotated[Path, typer.Argument(metavar="STUDENT", help="The student's spec.")]
@@ -22,6 +31,41 @@ StudentSetOpt = Annotated[
     list[str] | None,
     typer.Option("--student-set", metavar="NAME=VALUE", help="Override a var of the student only."),
 ]
+
+
+def growth_option(name: str) -> Any:
+    """The `typer.Option` of the growth option `name`: flag, help and bound come from
+    `growth/options.py`."""
+    info = option_infos()[name]
+    kw: dict[str, Any] = {"help": info.help}
+    if info.min is not None:
+        kw["min"] = info.min
+    return typer.Option(info.flag, **kw)
+
+
+def option_annotation(name: str) -> Any:
+    """`Annotated[type, typer.Option(...)]` for the growth option `name`."""
+    return Annotated[get_type_hints(GrowOptions)[name], growth_option(name)]
+
+
+def with_growth_options(after: str) -> Callable[[F], F]:
+    """Give a command every growth option, as parameters inserted after `after`; the
+    command receives them in `**options`. So a new option is declared only in GrowOptions."""
+
+    def decorate(func: F) -> F:
+        sig = inspect.signature(func, eval_str=True)
+        params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+        at = [p.name for p in params].index(after) + 1
+        added = [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                              annotation=option_annotation(f.name))
+            for f in fields(GrowOptions)
+        ]  # fmt: skip
+        rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[at:]]
+        func.__signature__ = sig.replace(parameters=[*params[:at], *added, *rest])  # type: ignore[attr-defined]
+        return func
+
+    return decorate
 
 
 def merge_sets(both: list[str] | None, own: list[str] | None) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from morphspec.arch import resolve
-from morphspec.cli.growth_options import StudentSetOpt, TeacherSetOpt
+from morphspec.cli.growth_options import StudentSetOpt, TeacherSetOpt, growth_option
 from morphspec.cli.options import JsonOpt, SeedOpt
 from morphspec.cli.output import Output
 from morphspec.defaults import DEFAULT_RTOL
@@ -22,10 +22,8 @@ EXAMPLES = """\
   morph verify t.yaml t.safetensors s.yaml s.safetensors --samples 64 --rtol 1e-4 --json
   morph verify t.yaml t.safetensors s.yaml s.safetensors --train-steps 10 --optimizer adam"""
 
-SamplesOpt = Annotated[int, typer.Option("--samples", min=1, help="Inputs to compare on.")]
-RtolOpt = Annotated[
-    float, typer.Option("--rtol", min=0.0, help="Pass when max|s-t| / max|t| is at most this.")
-]
+SamplesOpt = Annotated[int, growth_option("samples")]
+RtolOpt = Annotated[float, growth_option("rtol")]
 TrainStepsOpt = Annotated[
     int,
     typer.Option(

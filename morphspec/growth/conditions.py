@@ -13,30 +13,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from morphspec.growth.graph import CHANNEL_WISE
+from morphspec.growth.kinds import kinds_where
 
 __all__ = [
-    "ALWAYS_IDENTITY",
     "FAMILY_CONDITIONS",
     "FIXED_POINT_AT_ZERO",
     "IDEMPOTENT",
-    "IDENTITY_ON_NONNEG",
     "KEEPS_CHANNELS_INDEPENDENT",
     "Conditions",
 ]
 
-# The graph's channel-wise ops (which keep a channel space), plus global average pooling.
-KEEPS_CHANNELS_INDEPENDENT = CHANNEL_WISE | {"global_avgpool"}
-# batchnorm maps 0 to 0 on channels whose running_mean and bias are 0 (what new channels get).
-FIXED_POINT_AT_ZERO = frozenset(
-    {"relu", "leaky_relu", "gelu", "silu", "tanh", "identity", "dropout", "batchnorm",
-     "maxpool", "avgpool", "global_avgpool"}
-)  # fmt: skip
-# On inputs that already passed them (a relu after a relu); dropout is the identity in eval.
-IDEMPOTENT = frozenset({"relu", "identity", "dropout"})
-# A residual's post op that is the identity on a non-negative stream, or on any stream.
-IDENTITY_ON_NONNEG = frozenset({"relu", "leaky_relu"})
-ALWAYS_IDENTITY = frozenset({"identity", "dropout"})
+# Views of the registry (growth/kinds.py), for messages and `morph families`.
+KEEPS_CHANNELS_INDEPENDENT = kinds_where(lambda r: r.keeps_channels_independent)
+FIXED_POINT_AT_ZERO = kinds_where(lambda r: r.zero_fixed)
+IDEMPOTENT = kinds_where(lambda r: r.idempotent)
 
 
 @dataclass(frozen=True)

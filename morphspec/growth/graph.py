@@ -12,32 +12,24 @@ space. Each space knows the tensor dimensions that touch it:
   tensor into C*H*W features (channel-major, so channel c owns columns c*H*W ... c*H*W+H*W-1);
 - channel-wise parameters (batchnorm weight, bias and running stats, norm gains).
 
+What each kind reads and writes comes from `growth/kinds.py`; this module only walks.
 This is the inverse of structural pruning's dependency groups: pruning removes a coupled
 group of rows and columns; growth appends one.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 from morphspec.arch.nodes import Arch, Node
+from morphspec.growth.kinds import APPEND, Layout, ParamRole, rule_of
 
 __all__ = ["ChannelSpace", "Role", "SpaceGraph", "space_graph"]
 
 RoleKind = Literal["producer", "consumer", "channel"]
-
-# Ops that act on each channel separately, so equal channels stay equal (R2R's MCD).
-CHANNEL_WISE = frozenset(
-    {"relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity", "dropout",
-     "batchnorm", "maxpool", "avgpool"}
-)  # fmt: skip
-# Ops whose output is non-negative, and ops that keep a non-negative input non-negative.
-NONNEG_OUT = frozenset({"relu", "sigmoid"})
-KEEPS_NONNEG = frozenset({"maxpool", "avgpool", "global_avgpool", "dropout", "identity", "flatten"})
-# Norms that mix channels through their statistics: pairs of ±v channels change them.
-MIXING_NORMS = frozenset({"layernorm", "rmsnorm"})
 
 
 @dataclass(frozen=True)
@@ -49,6 +41,7 @@ class Role:
     kind: RoleKind
     node: str
     mult: int = 1
+    layout: Layout = APPEND
 
 
 @dataclass
@@ -139,10 +132,9 @@ class _Builder:
         self.nonneg[name] = nonneg
         return name
 
-    def role(
-        self, node: Node, local: str, dim: int, kind: RoleKind, edge: str, mult: int = 1
-    ) -> None:
-        self.pending.append(_Pending(Role(node.key(local), dim, kind, node.path, mult), edge))
+    def role(self, node: Node, r: ParamRole, edge: str, mult: int = 1) -> None:
+        role = Role(node.key(r.param), r.dim, r.role, node.path, mult, r.layout)
+        self.pending.append(_Pending(role, edge))
 
     def walk(self, node: Node, edge: str, mult: int) -> tuple[str, int]:
         kind = node.kind
@@ -154,19 +146,20 @@ class _Builder:
         if kind == "residual":
             return self.residual(node, edge, mult)
         nonneg = self.nonneg.get(edge, False)
-        if kind in CHANNEL_WISE or kind in MIXING_NORMS or kind == "position_embedding":
-            dim = 1 if kind == "position_embedding" else 0
-            for local in node.params:
-                if local != "num_batches_tracked":
-                    self.role(node, local, dim, "channel", edge, mult)
-            if kind in MIXING_NORMS:
+        rule = rule_of(kind)
+        if rule is None:
+            # Unknown to growth: the planner refuses it if it has parameters; without, its
+            # output is a new space that nothing grows.
+            return self.edge(node.path, node.out.channels), 1
+        if rule.flow == "keep":
+            for r in rule.roles_of(node.params):
+                self.role(node, r, edge, mult)
+            if rule.mixes_channels:
                 self.norms.append((node.path, edge))
             self.ops.append((node.path, kind, edge))
-            self.nonneg[edge] = kind in NONNEG_OUT or (kind in KEEPS_NONNEG and nonneg)
+            self.nonneg[edge] = rule.nonneg_out or (rule.keeps_nonneg and nonneg)
             return edge, mult
-        if kind == "global_avgpool":
-            return edge, mult
-        if kind == "flatten":
+        if rule.flow == "flatten":
             if node.inp.layout == "image":
                 return edge, mult * node.inp.dims[1] * node.inp.dims[2]
             if node.inp.layout == "vector":
@@ -177,31 +170,11 @@ class _Builder:
             out = self.edge(node.path, node.out.channels)
             return out, 1
         out = self.edge(node.path, node.out.channels if node.out.layout != "tokens" else 0)
-        if kind in ("linear", "conv"):
-            self.role(node, "weight", 1, "consumer", edge, mult)
-            self.role(node, "weight", 0, "producer", out)
-            if "bias" in node.params:
-                self.role(node, "bias", 0, "producer", out)
-        elif kind == "embedding":
-            self.role(node, "weight", 1, "producer", out)
-        elif kind == "mlp":
-            hidden = self.edge(f"{node.path}.hidden", node.args["hidden"])
-            for proj in ("up_proj", "gate_proj"):
-                if f"{proj}.weight" in node.params:
-                    self.role(node, f"{proj}.weight", 1, "consumer", edge, mult)
-                    self.role(node, f"{proj}.weight", 0, "producer", hidden)
-                    if f"{proj}.bias" in node.params:
-                        self.role(node, f"{proj}.bias", 0, "producer", hidden)
-            self.role(node, "down_proj.weight", 1, "consumer", hidden)
-            self.role(node, "down_proj.weight", 0, "producer", out)
-            if "down_proj.bias" in node.params:
-                self.role(node, "down_proj.bias", 0, "producer", out)
-        elif kind == "attention":
-            for proj in ("q_proj", "k_proj", "v_proj"):
-                self.role(node, f"{proj}.weight", 1, "consumer", edge, mult)
-            self.role(node, "o_proj.weight", 0, "producer", out)
-            if "o_proj.bias" in node.params:
-                self.role(node, "o_proj.bias", 0, "producer", out)
+        edges = {"in": edge, "out": out}
+        for name, args in rule.inner.items():
+            edges[name] = self.edge(f"{node.path}.{name}", math.prod(node.args[a] for a in args))
+        for r in rule.roles_of(node.params):
+            self.role(node, r, edges[r.space], mult if r.space == "in" else 1)
         return out, 1
 
     def residual(self, node: Node, edge: str, mult: int) -> tuple[str, int]:

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Literal
 
 import torch
+
+from morphspec.growth.options import InitMode
 
 __all__ = ["InitMode", "add_normal", "generator", "he_std", "std_of", "tensor_std", "uniform_into"]
 
 CHUNK = 1 << 20  # elements per float64 work buffer: 8 MB, below glibc's mmap threshold
-
-InitMode = Literal["match", "he"]
 
 
 def generator(seed: int, key: str, salt: str = "") -> torch.Generator:

@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from morphspec.arch import resolve
 from morphspec.arch.nodes import Arch, Node
 from morphspec.errors import PlanRefused, Problem
 from morphspec.growth.align import align
 from morphspec.growth.graph import SpaceGraph, space_graph
+from morphspec.growth.kinds import rule_of
+from morphspec.growth.unknown import unfilled_layouts, unknown_kinds, unruled_dims
+from morphspec.spec import load_spec
+from morphspec.spec.load import SetArg
 
 __all__ = [
     "AddProjection", "GrowKernel", "InsertBlocks", "InsertLayers", "Plan", "WidenSpace", "diff",
+    "plan_for",
 ]  # fmt: skip
 
-GROWABLE = {"out", "hidden", "dim", "times"}
 IGNORED = {"momentum"}  # training-time only: never changes what eval mode computes
 
 
@@ -234,6 +240,7 @@ def diff(teacher: Arch, student: Arch) -> Plan:
                     f" identity in the student ({_where(t, s)}); growth cannot remove it",
                     s.mark,
                 ))  # fmt: skip
+    problems.extend(unknown_kinds(student))
     if problems:
         raise PlanRefused(problems)
 
@@ -249,14 +256,31 @@ def diff(teacher: Arch, student: Arch) -> Plan:
             widens.append(WidenSpace(space.label, old, space.size, extra // 2, extra % 2, edges))
     ops = widens + ops
     kernels = {op.layer: op for op in ops if isinstance(op, GrowKernel)}
+    problems = unruled_dims(teacher, student, graph, teacher_size, set(kernels))
+    problems += unfilled_layouts(student, graph, teacher_size)
+    if problems:
+        raise PlanRefused(problems)
     return Plan(
         teacher, student, ops, graph, teacher_size, new_blocks, projections, kernels, insert_runs
     )
 
 
+def plan_for(
+    teacher_spec: str | Path,
+    student_spec: str | Path,
+    teacher_set: SetArg = None,
+    student_set: SetArg = None,
+) -> tuple[Arch, Arch, Plan]:
+    """Load and resolve both specs and diff them (no torch: `morph diff` uses it)."""
+    teacher = resolve(load_spec(teacher_spec, teacher_set))
+    student = resolve(load_spec(student_spec, student_set))
+    return teacher, student, diff(teacher, student)
+
+
 def _grown_kernel(t: Node, s: Node) -> GrowKernel | None:
     """A kernel-size morph: a larger odd kernel whose extra padding keeps the output size."""
-    if t.kind != "conv" or s.args["kernel"] <= t.args["kernel"]:
+    rule = rule_of(t.kind)
+    if rule is None or not rule.kernel_morph or s.args["kernel"] <= t.args["kernel"]:
         return None
     tk, sk, dil = t.args["kernel"], s.args["kernel"], t.args["dilation"]
     if tk % 2 == 0 or sk % 2 == 0 or s.args["dilation"] != dil:
@@ -278,7 +302,9 @@ def _compare_args(t: Node, s: Node, skip: set[str]) -> list[Problem]:
         sv = s.args.get(name)
         if sv == tv or name in IGNORED or name in skip:
             continue
-        if name in GROWABLE and isinstance(tv, int) and isinstance(sv, int):
+        rule = rule_of(t.kind)
+        growable = rule.grows if rule is not None else frozenset()
+        if name in growable and isinstance(tv, int) and isinstance(sv, int):
             if sv < tv:
                 problems.append(Problem(
                     f"'{t.path}': {name} shrinks from {tv} to {sv} ({_where(t, s)});"
@@ -287,7 +313,9 @@ def _compare_args(t: Node, s: Node, skip: set[str]) -> list[Problem]:
                 ))  # fmt: skip
             continue
         why = ""
-        if name in ("kernel", "padding"):
+        if rule is None:
+            why = f"; growth has no rule for {t.kind} (morphspec/growth/kinds.py)"
+        elif name in ("kernel", "padding"):
             why = (
                 "; a kernel may grow to a larger odd size when the padding grows by half the"
                 " difference (NetMorph's kernel morph, --family netmorph)"

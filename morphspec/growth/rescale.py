@@ -30,24 +30,36 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from morphspec.errors import Problem
 from morphspec.growth.graph import ChannelSpace
 from morphspec.growth.init import std_of
+from morphspec.growth.kinds import rule_of
+from morphspec.growth.options import RescaleMode
 from morphspec.growth.plan import Plan
 
-if TYPE_CHECKING:
-    from morphspec.growth.families.base import Family
+__all__ = ["RescaleMode", "Rescaler", "SpaceScale", "rescale"]
 
-__all__ = ["HOMOGENEOUS", "Rescaler", "SpaceScale"]
-
-HOMOGENEOUS = frozenset(
-    {"relu", "leaky_relu", "maxpool", "avgpool", "global_avgpool", "dropout", "identity"}
-)
 TensorGetter = Callable[[str], torch.Tensor]
+
+
+def _homogeneous(kind: str) -> bool:
+    rule = rule_of(kind)
+    return rule is not None and rule.homogeneous
+
+
+def _absorbs(kind: str) -> bool:
+    """A batchnorm: running statistics that absorb an input scale exactly."""
+    rule = rule_of(kind)
+    return rule is not None and rule.absorbs_scale
+
+
+def _plain_matrix(kind: str) -> bool:
+    """A layer whose `weight` reads one space and writes another (linear, conv)."""
+    rule = rule_of(kind)
+    return rule is not None and rule.out_matrix() == "weight"
 
 
 @dataclass
@@ -66,38 +78,42 @@ class _BatchnormScale:
     s_out: float = 1.0
 
 
+def rescale(
+    plan: Plan, sizes: dict[int, int], mode: RescaleMode, get: TensorGetter | None = None,
+    allow_inexact: bool = False,
+) -> Rescaler:  # fmt: skip
+    """The factors for `plan` (its spaces of teacher sizes `sizes`) and the problems found;
+    `get` reads teacher tensors (the strategies measure their variance)."""
+    r = Rescaler(plan, sizes, mode, get, allow_inexact)
+    if mode == "none":
+        return r
+    if get is None:
+        raise ValueError("rescaling needs the teacher's tensors")
+    for space in plan.graph.spaces:
+        if space.size > sizes[space.id] and sizes[space.id]:
+            r._space(space)
+    return r
+
+
 @dataclass
 class Rescaler:
-    """Scales teacher tensors as the strategy says and compensates the scale exactly."""
+    """Scales teacher tensors as the strategy says and compensates the scale exactly. Made by
+    `rescale()`: plain data in (plan, sizes, mode, getter), factors and problems out."""
 
     plan: Plan
-    family: Family
-    problems: list[Problem]
+    sizes: dict[int, int]
+    mode: RescaleMode = "none"
     get: TensorGetter | None = None
+    allow_inexact: bool = False
+    problems: list[Problem] = field(default_factory=list)
     factors: dict[str, float] = field(default_factory=dict)
     batchnorms: dict[str, _BatchnormScale] = field(default_factory=dict)
     scales: list[SpaceScale] = field(default_factory=list)
     inexact: list[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        mode = self.family.options.rescale
-        if mode == "none":
-            return
-        if self.family.name == "net2net":
-            self.problems.append(Problem(
-                "--rescale applies to families that keep the teacher's parameters (r2r,"
-                " netmorph); net2net already divides consumer columns by replica counts"
-            ))  # fmt: skip
-            return
-        if self.get is None:
-            raise ValueError("rescaling needs the teacher's tensors")
-        for space in self.plan.graph.spaces:
-            if self.family.widened(space) and self.family.sizes[space.id]:
-                self._space(space)
-
     # -- planning ---------------------------------------------------------------------------
     def _space(self, space: ChannelSpace) -> None:
-        plan, mode = self.plan, self.family.options.rescale
+        plan, mode = self.plan, self.mode
         producers = {r.node for r in space.producers()}
         consumers = {r.node for r in space.consumers()}
         nodes = [plan.student.node(p) for p in producers | consumers]
@@ -106,7 +122,7 @@ class Rescaler:
             len(producers) != 1
             or len(consumers) != 1
             or len(space.edges) != 1
-            or any(n.kind not in ("linear", "conv") for n in nodes)
+            or not all(_plain_matrix(n.kind) for n in nodes)
             or any(n.key("weight") not in t_shapes for n in nodes)
         ):
             # Not one layer feeding one layer (a residual stream, a stem read by a block and
@@ -117,7 +133,7 @@ class Rescaler:
         (producer,), (consumer,) = producers, consumers
         assert self.get is not None
         w1, w2 = self.get(f"{producer}.weight"), self.get(f"{consumer}.weight")
-        h_t, h_new = self.family.sizes[space.id], space.size
+        h_t, h_new = self.sizes[space.id], space.size
         fan_in_1 = math.prod(w1.shape[1:])
         per_channel = math.prod(w2.shape[1:]) // h_t  # k² (or H·W after a flatten)
         var1, var2 = std_of(w1) ** 2, std_of(w2) ** 2
@@ -142,8 +158,8 @@ class Rescaler:
         self._scale(f"{producer}.bias", alpha)
         for node, beta in betas.items():
             self._scale(f"{node}.weight", beta)
-        bns = [p for p, k in space.ops if k == "batchnorm"]
-        others = [(p, k) for p, k in space.ops if k != "batchnorm" and k not in HOMOGENEOUS]
+        bns = [p for p, k in space.ops if _absorbs(k)]
+        others = [(p, k) for p, k in space.ops if not _absorbs(k) and not _homogeneous(k)]
         if others:
             return self._no_exact(
                 space, f"{others[0][1]} '{others[0][0]}' is not positively homogeneous"
@@ -179,18 +195,15 @@ class Rescaler:
             paths = [c.path for c in parent.children]
             if node in paths:
                 for sibling in parent.children[paths.index(node) + 1 :]:
-                    if sibling.kind == "batchnorm":
+                    if _absorbs(sibling.kind):
                         return sibling.path
-                    if sibling.kind not in HOMOGENEOUS:
+                    if not _homogeneous(sibling.kind):
                         return None
         return None
 
     def _no_exact(self, space: ChannelSpace, why: str) -> str:
-        message = (
-            f"--rescale {self.family.options.rescale}: no exact compensation for space"
-            f" '{space.label}': {why}"
-        )
-        if self.family.options.allow_inexact:
+        message = f"--rescale {self.mode}: no exact compensation for space '{space.label}': {why}"
+        if self.allow_inexact:
             self.inexact.append(message)
             return "none (inexact, --allow-inexact)"
         self.problems.append(

@@ -18,50 +18,54 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
 
 from morphspec.arch.nodes import Node
 from morphspec.errors import PlanRefused, Problem
-from morphspec.growth.conditions import (
-    ALWAYS_IDENTITY,
-    FAMILY_CONDITIONS,
-    FIXED_POINT_AT_ZERO,
-    IDEMPOTENT,
-    IDENTITY_ON_NONNEG,
-    KEEPS_CHANNELS_INDEPENDENT,
-    Conditions,
-)
+from morphspec.growth.conditions import FAMILY_CONDITIONS, Conditions
 from morphspec.growth.graph import ChannelSpace, Role
 from morphspec.growth.init import (
-    InitMode,
     add_normal,
     generator,
     std_of,
     tensor_std,
     uniform_into,
 )  # fmt: skip
+from morphspec.growth.kinds import KindRule, kinds_where, rule_of
+from morphspec.growth.options import GrowOptions, RescaleMode
 from morphspec.growth.plan import Plan
-from morphspec.growth.rescale import Rescaler
+from morphspec.growth.rescale import Rescaler, rescale
 
-__all__ = ["Family", "GrowOptions", "RescaleMode", "TensorGetter", "channel_view"]
+__all__ = ["Facts", "Family", "GrowOptions", "RescaleMode", "TensorGetter", "channel_view"]
 
 TensorGetter = Callable[[str], torch.Tensor]
-RescaleMode = Literal["none", "default_vt", "vt_constraint_old_shape", "vt_constraint_new_shape"]
-CHANNEL_DEFAULTS = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
 
 
-@dataclass(frozen=True)
-class GrowOptions:
-    init: InitMode = "match"
-    init_scale: float = 1.0
-    seed: int = 0
-    noise: float = 0.0
-    netmorph_zero: Literal["out", "in"] = "out"
-    rescale: RescaleMode = "none"
-    allow_inexact: bool = False
+@dataclass
+class Facts:
+    """What checking a plan found that filling reads: made fresh by each `check`, kept by
+    the family once, never changed while tensors are filled."""
+
+    sizes: dict[int, int]
+    """Each student space's size in the teacher; identity layers carry it into spaces
+    written only by new layers."""
+    identity_layers: dict[str, Node] = field(default_factory=dict)
+    zero_keys: set[str] = field(default_factory=set)
+    """Tensors that start at zero: new residual blocks' last layers (or last norm's gain)."""
+    zero_rows: set[str] = field(default_factory=set)
+    """Weights whose every row must output zero (R2R's paired last layer of a new block)."""
+
+    def widened(self, space: ChannelSpace) -> bool:
+        return space.size > self.sizes[space.id]
+
+
+def _rule(node: Node) -> KindRule:
+    rule = rule_of(node.kind)
+    assert rule is not None, f"{node.kind} has no growth rule (the planner refuses it)"
+    return rule
 
 
 def channel_view(x: torch.Tensor, dim: int, mult: int) -> tuple[torch.Tensor, int]:
@@ -107,25 +111,41 @@ class Family:
         self.options = options or GrowOptions()
         self.conditions: Conditions = FAMILY_CONDITIONS[self.name]
         self.shapes = plan.student.state_shapes()
-        self.sizes = dict(plan.teacher_size)
-        """Each student space's size in the teacher; identity layers extend it (below)."""
-        self.identity_layers: dict[str, Node] = {}
-        self.zero_keys: set[str] = set()
-        """Tensors of new blocks that start at zero (a new residual block's last layer)."""
-        self.zero_gain: set[str] = set()
-        """Batchnorms of new residual blocks whose gain and shift start at zero."""
-        problems = self.check()
-        self.rescaler = Rescaler(plan, self, problems, get)
+        facts = self.new_facts()
+        problems = self.check(facts)
+        self.facts = facts
+        mode = self.options.rescale
+        if mode != "none" and not self.conditions.preserves_parameters:
+            problems.append(Problem(
+                f"--rescale applies to families that keep the teacher's parameters (r2r,"
+                f" netmorph); {self.name} already divides consumer columns by replica counts"
+            ))  # fmt: skip
+            mode = "none"
+        self.rescaler: Rescaler = rescale(plan, facts.sizes, mode, get, self.options.allow_inexact)
+        problems += self.rescaler.problems
         if problems:
             raise PlanRefused(problems)
 
+    @property
+    def sizes(self) -> dict[int, int]:
+        return self.facts.sizes
+
+    @property
+    def identity_layers(self) -> dict[str, Node]:
+        return self.facts.identity_layers
+
+    def new_facts(self) -> Facts:
+        """Empty facts for `check` to fill (families with more facts override this)."""
+        return Facts(dict(self.plan.teacher_size))
+
     # -- conditions ---------------------------------------------------------------------
-    def check(self) -> list[Problem]:
-        """Every problem this family has with the plan, found before any tensor moves."""
+    def check(self, facts: Facts) -> list[Problem]:
+        """Every problem this family has with the plan, found before any tensor moves; what
+        filling will need is recorded in `facts` (and nowhere else)."""
         problems: list[Problem] = []
         plan = self.plan
         for space in plan.graph.spaces:
-            if self.widened(space) and space.mixing_norms and self.exact:
+            if facts.widened(space) and space.mixing_norms and self.exact:
                 norm = plan.student.node(space.mixing_norms[0])
                 problems.append(Problem(
                     f"channel space '{space.label}' passes through {norm.kind} '{norm.path}',"
@@ -133,7 +153,7 @@ class Family:
                     " width, or wait for norm-preserving lifts",
                     norm.mark,
                 ))  # fmt: skip
-            if self.widened(space) and space.frozen_by:
+            if facts.widened(space) and space.frozen_by:
                 node = plan.student.node(space.frozen_by[0])
                 problems.append(Problem(
                     f"channel space '{space.label}' cannot widen: '{node.path}' flattens a"
@@ -150,42 +170,43 @@ class Family:
                     node.mark,
                 ))  # fmt: skip
         for shortcut in plan.projections:
-            problems.extend(self._check_projection(plan.student.node(shortcut)))
+            problems.extend(self._check_projection(plan.student.node(shortcut), facts))
         for block in plan.new_blocks:
             node = plan.student.node(block)
-            problems.extend(self._check_new(f"new block '{block}'", [node]))
+            problems.extend(self._check_new(f"new block '{block}'", [node], facts))
         for run in plan.insert_runs:
             nodes = [plan.student.node(p) for p in run]
             label = f"new layer{'s' if len(run) > 1 else ''} {', '.join(run)}"
-            problems.extend(self._check_new(label, nodes))
+            problems.extend(self._check_new(label, nodes, facts))
         return problems
 
-    def _check_new(self, label: str, nodes: list[Node]) -> list[Problem]:
+    def _check_new(self, label: str, nodes: list[Node], facts: Facts) -> list[Problem]:
         """New residual blocks follow the residual rule (every exact family); other new
         layers start as identities (Net2DeeperNet) or follow the family's own rule."""
         units = [u for n in nodes for u in _units(n)]
         if self.exact and all(u.kind == "residual" for u in units):
-            return [p for u in units for p in self.check_residual_block(u)]
+            return [p for u in units for p in self.check_residual_block(u, facts)]
         if self.identity_deepen:
-            return self._check_identity_run(label, nodes)
-        return [p for u in units for p in self.check_new_block(u)]
+            return self._check_identity_run(label, nodes, facts)
+        return [p for u in units for p in self.check_new_block(u, facts)]
 
-    def check_new_block(self, node: Node) -> list[Problem]:
+    def check_new_block(self, node: Node, facts: Facts) -> list[Problem]:
         """Conditions on one new non-residual unit; families that deepen override this."""
         return []
 
-    def check_residual_block(self, node: Node) -> list[Problem]:
+    def check_residual_block(self, node: Node, facts: Facts) -> list[Problem]:
         """A new residual block must start at zero output, so that it is the identity in
         eval and in train mode and stays near zero after the first optimizer steps.
 
-        - Its body ends (after ops that map 0 to 0) in a batchnorm: that batchnorm's gain
-          and shift start at zero (zero-init residual). Its output is then exactly 0 in
-          both modes, and the layers before it keep generic values, so the gain's gradient
-          Σ g·x̂ is non-zero and grows the block from zero at the optimizer's pace. (Zeroing
-          the layer before the batchnorm instead would normalise an exactly-zero input:
-          x̂ = 0 freezes the gain, and any step away from zero is amplified by 1/√eps.)
-        - Otherwise its last linear, conv or mlp outputs zero by the family's own rule
-          (`zero_output`: R2R pairs, NetMorph and Net2Net a zero layer).
+        - Its body ends (after ops that map 0 to 0) in a kind with a `zero_gain` (batchnorm):
+          those parameters (gain and shift) start at zero (zero-init residual). Its output
+          is then exactly 0 in both modes, and the layers before it keep generic values, so
+          the gain's gradient Σ g·x̂ is non-zero and grows the block from zero at the
+          optimizer's pace. (Zeroing the layer before the batchnorm instead would normalise
+          an exactly-zero input: x̂ = 0 freezes the gain, and any step away from zero is
+          amplified by 1/√eps; docs/growth.md derives it.)
+        - Otherwise its last layer outputs zero by the family's own rule (`zero_output`:
+          R2R pairs, NetMorph and Net2Net a zero layer).
         Its `post` ops must be the identity on the stream they receive."""
         if node.shortcut is not None:
             return [Problem(
@@ -196,11 +217,13 @@ class Family:
         problems: list[Problem] = []
         nonneg = self.plan.graph.input_nonneg.get(node.path, False)
         for post in node.post:
-            if post.kind in ALWAYS_IDENTITY or (post.kind in IDENTITY_ON_NONNEG and nonneg):
+            rule = rule_of(post.kind)
+            on_nonneg = rule is not None and rule.identity_on_nonneg
+            if (rule is not None and rule.is_identity) or (on_nonneg and nonneg):
                 continue
             why = (
                 "the stream it receives can be negative"
-                if post.kind in IDENTITY_ON_NONNEG
+                if on_nonneg
                 else "it is not the identity on the stream"
             )
             problems.append(Problem(
@@ -211,51 +234,56 @@ class Family:
         trailing: list[Node] = []
         terminal: Node | None = None
         for child in reversed(leaves(node.children)):
-            if child.kind in KEEPS_CHANNELS_INDEPENDENT:
+            child_rule = rule_of(child.kind)
+            if child_rule is not None and child_rule.keeps_channels_independent:
                 trailing.append(child)
                 continue
             terminal = child
             break
         for op in trailing:
-            if op.kind not in FIXED_POINT_AT_ZERO:
+            op_rule = rule_of(op.kind)
+            if op_rule is None or not op_rule.zero_fixed:
                 problems.append(Problem(
                     f"new block '{node.path}': '{op.path}' ({op.kind}) does not map 0 to 0, so"
                     " the block cannot start at zero",
                     op.mark,
                 ))  # fmt: skip
-        norms = [op for op in trailing if op.kind == "batchnorm"]
-        if norms:
-            self.zero_gain.add(norms[-1].path)  # trailing is reversed: the first after terminal
+        gains = [op for op in trailing if _rule(op).zero_gain]
+        if gains:
+            last = gains[-1]  # `trailing` runs backwards: the first one after the last layer
+            facts.zero_keys.update(last.key(p) for p in _rule(last).zero_gain)
             return problems
-        if terminal is None or terminal.kind not in ("linear", "conv", "mlp"):
+        t_rule = rule_of(terminal.kind) if terminal is not None else None
+        matrix = t_rule.out_matrix() if t_rule is not None else None
+        if terminal is None or matrix is None:
             what = f"a {terminal.kind}" if terminal else "nothing"
+            able = ", ".join(sorted(kinds_where(lambda r: r.out_matrix() is not None)))
             return [*problems, Problem(
                 f"new block '{node.path}': its body ends in {what}; a new residual block needs"
-                " a linear, conv or mlp there (or a batchnorm after one) to start at zero",
+                f" a layer that writes the stream there ({able}), or a batchnorm after one",
                 node.mark,
             )]  # fmt: skip
-        return problems + self.zero_output(node, terminal)
+        return problems + self.zero_output(node, terminal, terminal.key(matrix), facts)
 
-    def zero_output(self, block: Node, terminal: Node) -> list[Problem]:
-        """Make `terminal`, the last layer of new residual `block`, output zero. By default
-        (NetMorph's rule, which Net2Net borrows: its identity layers would double the
-        stream inside a residual) its weight and bias are zero: the first step then moves
-        only that layer, by an amount proportional to the learning rate."""
-        weight = terminal.key("down_proj.weight" if terminal.kind == "mlp" else "weight")
-        self.zero_keys.add(weight)
-        self.zero_keys.add(weight.removesuffix("weight") + "bias")
+    def zero_output(self, block: Node, terminal: Node, weight: str, facts: Facts) -> list[Problem]:
+        """Make `terminal` (whose matrix is `weight`), the last layer of new residual
+        `block`, output zero. By default (NetMorph's rule, which Net2Net borrows: its
+        identity layers would double the stream inside a residual) its weight and bias are
+        zero: the first step then moves only that layer, by an amount proportional to the
+        learning rate."""
+        facts.zero_keys.update((weight, weight.removesuffix("weight") + "bias"))
         return []
 
-    def _check_projection(self, shortcut: Node) -> list[Problem]:
-        kinds = [c.kind for c in shortcut.children]
+    def _check_projection(self, shortcut: Node, facts: Facts) -> list[Problem]:
+        idents = [_rule(c).identity for c in shortcut.children]
         first = shortcut.children[0] if shortcut.children else None
-        ok = kinds in (["conv"], ["conv", "batchnorm"], ["linear"], ["linear", "batchnorm"])
-        if ok and first is not None and first.kind == "conv":
+        ok = idents in (["matrix"], ["matrix", "batchnorm"])
+        if ok and first is not None and "kernel" in first.args:
             ok = first.args["kernel"] == 1 and first.args["stride"] == 1
             ok = ok and first.args["padding"] == 0
         if ok:
             for child in shortcut.children:
-                self.identity_layers[child.path] = child
+                facts.identity_layers[child.path] = child
             return []
         return [Problem(
             f"new projection shortcut '{shortcut.path}' must be a 1x1 conv (stride 1) or a"
@@ -263,7 +291,7 @@ class Family:
             shortcut.mark,
         )]  # fmt: skip
 
-    def _check_identity_run(self, where: str, nodes: list[Node]) -> list[Problem]:
+    def _check_identity_run(self, where: str, nodes: list[Node], facts: Facts) -> list[Problem]:
         """Net2DeeperNet: every new layer starts as the identity, so each activation among
         them sees what entered the first one, and must be idempotent on it."""
         for node in nodes:
@@ -277,17 +305,17 @@ class Family:
         problems: list[Problem] = []
         nonneg = self.plan.graph.input_nonneg.get(nodes[0].path, False)
         for layer in leaves(tuple(nodes)):
-            kind = layer.kind
-            if kind in ("linear", "conv", "batchnorm"):
-                problem = self._identity_layer_problem(layer)
+            kind, rule = layer.kind, _rule(layer)
+            if rule.identity != "none":
+                problem = self._identity_layer_problem(layer, rule, facts)
                 if problem:
                     problems.append(Problem(f"{where}: {problem}", layer.mark))
                 else:
-                    self.identity_layers[layer.path] = layer
-            elif kind in IDEMPOTENT:
-                if kind == "relu" and not nonneg:
+                    facts.identity_layers[layer.path] = layer
+            elif rule.idempotent:
+                if not rule.is_identity and not nonneg:
                     problems.append(Problem(
-                        f"{where}: relu '{layer.path}' is the identity only on a non-negative"
+                        f"{where}: {kind} '{layer.path}' is the identity only on a non-negative"
                         " input, and the tensor entering the block can be negative (it does not"
                         " come out of a relu)",
                         layer.mark,
@@ -301,23 +329,19 @@ class Family:
                 ))  # fmt: skip
         return problems
 
-    def _identity_layer_problem(self, layer: Node) -> str | None:
-        if layer.kind == "batchnorm":
+    def _identity_layer_problem(self, layer: Node, rule: KindRule, facts: Facts) -> str | None:
+        if rule.identity != "matrix":
             return None
         spaces = {r.kind: s for r, s in self.plan.graph.roles(layer.key("weight"))}
         src, dst = spaces["consumer"], spaces["producer"]
-        if self.sizes[dst.id] == 0:
+        sizes = facts.sizes
+        if sizes[dst.id] == 0:
             # Written only by new layers: an identity layer carries the teacher's width on.
-            self.sizes[dst.id] = self.sizes[src.id]
-        if self.sizes[dst.id] != self.sizes[src.id] or dst.size != src.size:
+            sizes[dst.id] = sizes[src.id]
+        if sizes[dst.id] != sizes[src.id] or dst.size != src.size:
             return f"'{layer.path}' changes the width, so it cannot start as the identity"
-        if layer.kind == "conv":
-            a = layer.args
-            if a["kernel"] % 2 == 0 or a["stride"] != 1:
-                return f"conv '{layer.path}' needs an odd kernel and stride 1 to be the identity"
-            if a["padding"] != a["dilation"] * (a["kernel"] - 1) // 2:
-                return f"conv '{layer.path}' needs 'same' padding to be the identity"
-        return None
+        why = rule.identity_problem(layer.args)
+        return f"{layer.kind} '{layer.path}' {why}" if why else None
 
     def warnings(self) -> list[str]:
         """Why this family's output may not be function-preserving (empty when exact)."""
@@ -331,14 +355,23 @@ class Family:
         """Why the student is exact in eval mode only: a batchnorm started as the identity
         (Net2DeeperNet's layers, a new projection's norm) is the identity on its running
         statistics, but in train mode it normalises by each batch's, which no parameters
-        can undo for every batch. Empty when the student is exact in train mode too."""
-        paths = [p for p, n in self.identity_layers.items() if n.kind == "batchnorm"]
-        if not paths:
-            return []
-        return [
-            f"batchnorm {', '.join(paths)} start(s) as the identity: exact in eval mode only;"
-            " in train mode a batchnorm normalises by the batch's statistics"
-        ]
+        can undo for every batch; so is a rescale absorbed in a batchnorm's statistics.
+        Empty when the student is exact in train mode too."""
+        notes = []
+        paths = [p for p, n in self.identity_layers.items() if _rule(n).identity == "batchnorm"]
+        if paths:
+            notes.append(
+                f"batchnorm {', '.join(paths)} start(s) as the identity: exact in eval mode"
+                " only; in train mode a batchnorm normalises by the batch's statistics"
+            )
+        scaled = [p for p, bn in self.rescaler.batchnorms.items() if bn.s_in != 1.0]
+        if scaled:
+            notes.append(
+                f"--rescale: batchnorm {', '.join(scaled)} absorb(s) an input scale through"
+                " running statistics and eps: exact in eval mode only; in train mode the batch"
+                " statistics give an error of order eps / variance"
+            )
+        return notes
 
     @property
     def modes(self) -> tuple[Literal["eval", "train"], ...]:
@@ -346,7 +379,7 @@ class Family:
         return ("eval",) if self.eval_only() else ("eval", "train")
 
     def widened(self, space: ChannelSpace) -> bool:
-        return space.size > self.sizes[space.id]
+        return self.facts.widened(space)
 
     def applies_to(self, space: ChannelSpace) -> bool:
         """Whether the family's widening rule fills `space`'s new channels. A space that is
@@ -373,7 +406,8 @@ class Family:
             teacher = self.rescaler.teacher(key, teacher)
         is_channel = any(r.kind == "channel" for r, _ in roles)
         if is_channel:
-            x = torch.full(shape, CHANNEL_DEFAULTS.get(local, 0.0), dtype=torch.float64).to(dtype)
+            neutral = _rule(self.plan.student.node(node_path)).neutral.get(local, 0.0)
+            x = torch.full(shape, neutral, dtype=torch.float64).to(dtype)
         else:
             existing = std_of(teacher) if teacher is not None else reference_std
             std = tensor_std(existing, shape, self.options.init, self.options.init_scale)
@@ -428,22 +462,27 @@ class Family:
                 slice(off, off + tshape[2]), slice(off, off + tshape[3]))  # fmt: skip
 
     def protected_rows(self, x: torch.Tensor, key: str, old_rows: int) -> torch.Tensor | None:
-        """The rows whose outputs must not change: the teacher's (real or stand-in) rows."""
+        """The rows whose outputs must not change: the teacher's (real or stand-in) rows;
+        every row of a new block's last layer that must output zero."""
+        if key in self.facts.zero_rows:
+            return x
         return x.narrow(0, 0, old_rows) if old_rows else None
 
     def _identity(self, node: Node, local: str, dtype: torch.dtype) -> torch.Tensor:
         """The teacher-sized identity stand-in for `node`'s parameter `local`."""
         roles = list(self.plan.graph.roles(node.key(local)))
         a = self.sizes[roles[0][1].id] if roles else 0
-        if node.kind == "batchnorm":
+        if _rule(node).identity == "batchnorm":
+            # weight √(1+eps) and running_var 1: (x - 0)/√(1+eps)·√(1+eps) + 0 = x exactly.
             value = {"weight": math.sqrt(1.0 + node.args["eps"]), "running_var": 1.0}
             return torch.full((a,), value.get(local, 0.0), dtype=torch.float64).to(dtype)
         if local == "bias":
             return torch.zeros(a, dtype=dtype)
-        k = node.args.get("kernel", 1) if node.kind == "conv" else 1
-        w = torch.zeros((a, a, k, k) if node.kind == "conv" else (a, a), dtype=dtype)
+        spatial = len(node.params["weight"]) == 4
+        k = node.args["kernel"] if spatial else 1
+        w = torch.zeros((a, a, k, k) if spatial else (a, a), dtype=dtype)
         idx = torch.arange(a)
-        if node.kind == "conv":
+        if spatial:
             w[idx, idx, k // 2, k // 2] = 1
         else:
             w[idx, idx] = 1
@@ -452,7 +491,7 @@ class Family:
     # -- the family's rule ---------------------------------------------------------------
     def fix(self, key: str, node_path: str, local: str, x: torch.Tensor) -> None:
         """Values fixed before the widening rules: the zeros of new residual blocks."""
-        if key in self.zero_keys or (node_path in self.zero_gain and local in ("weight", "bias")):
+        if key in self.facts.zero_keys:
             x.zero_()
 
     def consume(self, v: torch.Tensor, d: int, space: ChannelSpace, key: str) -> None:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 
 from morphspec.errors import Problem
-from morphspec.growth.conditions import FIXED_POINT_AT_ZERO
-from morphspec.growth.families.base import Family
+from morphspec.growth.families.base import Facts, Family
 from morphspec.growth.graph import ChannelSpace, Role
+from morphspec.growth.kinds import rule_of
 
 __all__ = ["NetMorph"]
 
@@ -28,15 +28,16 @@ class NetMorph(Family):
     name = "netmorph"
     identity_deepen = True
 
-    def check(self) -> list[Problem]:
-        problems = super().check()
+    def check(self, facts: Facts) -> list[Problem]:
+        problems = super().check(facts)
         if self.options.netmorph_zero != "in":
             return problems
         for space in self.plan.graph.spaces:
-            if not self.widened(space):
+            if not facts.widened(space):
                 continue
             for path, kind in space.ops:
-                if kind not in FIXED_POINT_AT_ZERO:
+                rule = rule_of(kind)
+                if rule is None or not rule.zero_fixed:
                     node = self.plan.student.node(path)
                     problems.append(Problem(
                         f"--netmorph-zero in: channel space '{space.label}' passes through"

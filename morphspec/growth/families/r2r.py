@@ -32,9 +32,8 @@ import torch
 
 from morphspec.arch.nodes import Node
 from morphspec.errors import Problem
-from morphspec.growth.families.base import Family, GrowOptions, TensorGetter
+from morphspec.growth.families.base import Facts, Family
 from morphspec.growth.graph import ChannelSpace, Role
-from morphspec.growth.plan import Plan
 
 __all__ = ["R2R"]
 
@@ -45,14 +44,8 @@ class R2R(Family):
     name = "r2r"
     pairs_new_spaces = True
 
-    def __init__(
-        self, plan: Plan, options: GrowOptions | None = None, get: TensorGetter | None = None
-    ) -> None:
-        self.zero_rows: set[str] = set()
-        super().__init__(plan, options, get)
-
     # -- conditions ---------------------------------------------------------------------
-    def check_new_block(self, node: Node) -> list[Problem]:
+    def check_new_block(self, node: Node, facts: Facts) -> list[Problem]:
         return [Problem(
             f"new block '{node.path}' is a {node.kind}, not a residual: R2DeeperR inserts"
             " residual blocks that start as the identity (Net2DeeperNet, which needs no"
@@ -60,12 +53,11 @@ class R2R(Family):
             node.mark,
         )]  # fmt: skip
 
-    def zero_output(self, block: Node, terminal: Node) -> list[Problem]:
+    def zero_output(self, block: Node, terminal: Node, weight: str, facts: Facts) -> list[Problem]:
         """R2DeeperR: the last layer reads the block's (new, paired) hidden space with
         [Z, -Z] columns in every row and a zero bias, so it outputs zero with Z free."""
-        weight = terminal.key("down_proj.weight" if terminal.kind == "mlp" else "weight")
         in_space = next(s for r, s in self.plan.graph.roles(weight) if r.kind == "consumer")
-        if self.sizes[in_space.id] != 0 or in_space.is_input:
+        if facts.sizes[in_space.id] != 0 or in_space.is_input:
             return [Problem(
                 f"new block '{block.path}': the last layer '{terminal.path}' reads the stream"
                 " directly; R2DeeperR needs at least two layers in the body (the paper's"
@@ -73,16 +65,11 @@ class R2R(Family):
                 " after the last layer",
                 terminal.mark,
             )]  # fmt: skip
-        self.zero_rows.add(weight)
-        self.zero_keys.add(weight.removesuffix("weight") + "bias")
+        facts.zero_rows.add(weight)
+        facts.zero_keys.add(weight.removesuffix("weight") + "bias")
         return []
 
     # -- the rule -----------------------------------------------------------------------
-    def protected_rows(self, x: torch.Tensor, key: str, old_rows: int) -> torch.Tensor | None:
-        if key in self.zero_rows:
-            return x  # the last layer of a new block: every row must output zero
-        return super().protected_rows(x, key, old_rows)
-
     def consume(self, v: torch.Tensor, d: int, space: ChannelSpace, key: str) -> None:
         a = self.sizes[space.id]
         pairs, odd = (space.size - a) // 2, (space.size - a) % 2

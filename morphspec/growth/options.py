@@ -1,0 +1,103 @@
+"""The conversion options, declared once: type, default, flag and help (no torch).
+
+`morph convert` builds its flags from these fields (`cli/growth_options.py`) and
+`morphspec.convert.convert` takes the same names as keywords, so a new option is one field
+here (plus the code that reads it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+from morphspec.defaults import DEFAULT_RTOL, DEFAULT_SAMPLES
+
+__all__ = [
+    "FamilyName",
+    "GrowOptions",
+    "InitMode",
+    "NetmorphZero",
+    "OptionInfo",
+    "RescaleMode",
+    "option_infos",
+]
+
+FamilyName = Literal["r2r", "net2net", "netmorph", "randpad"]
+InitMode = Literal["match", "he"]
+NetmorphZero = Literal["out", "in"]
+RescaleMode = Literal["none", "default_vt", "vt_constraint_old_shape", "vt_constraint_new_shape"]
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """How one option reads on the command line."""
+
+    flag: str
+    help: str
+    min: float | None = None
+
+
+def _cli(flag: str, help: str, min: float | None = None) -> dict[str, OptionInfo]:
+    return {"cli": OptionInfo(flag, help, min)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GrowOptions:
+    """How to grow: the family and its free choices, and how to verify the result."""
+
+    family: FamilyName = field(
+        default="r2r",
+        metadata=_cli("--family", "Growth family; `morph families` shows their conditions."),
+    )
+    init: InitMode = field(
+        default="match",
+        metadata=_cli("--init", "Scale of free parameters: match the existing weights, or He."),
+    )
+    init_scale: float = field(
+        default=1.0,
+        metadata=_cli("--init-scale", "Multiplies the scale of free parameters.", min=0.0),
+    )
+    seed: int = field(
+        default=0,
+        metadata=_cli("--seed", "Random seed; the same seed gives the same tensors.", min=0),
+    )
+    noise: float = field(
+        default=0.0,
+        metadata=_cli(
+            "--noise",
+            "Symmetry-breaking noise of this relative size, placed where it keeps the function.",
+            min=0.0,
+        ),
+    )
+    netmorph_zero: NetmorphZero = field(
+        default="out",
+        metadata=_cli(
+            "--netmorph-zero",
+            "netmorph: zero the new consumer columns (out) or the new producer rows (in).",
+        ),
+    )
+    rescale: RescaleMode = field(
+        default="none",
+        metadata=_cli(
+            "--rescale", "Variance-transfer rescaling of widened hidden layers, kept exact."
+        ),
+    )
+    allow_inexact: bool = field(
+        default=False,
+        metadata=_cli(
+            "--allow-inexact",
+            "Rescale even where no exact compensation exists; report the deviation.",
+        ),
+    )
+    rtol: float = field(
+        default=DEFAULT_RTOL,
+        metadata=_cli("--rtol", "Pass when max|s-t| / max|t| is at most this.", min=0.0),
+    )
+    samples: int = field(
+        default=DEFAULT_SAMPLES, metadata=_cli("--samples", "Inputs to compare on.", min=1)
+    )
+
+
+def option_infos() -> dict[str, OptionInfo]:
+    """Each option's name and how it reads on the command line, in declaration order."""
+    return {f.name: f.metadata["cli"] for f in fields(GrowOptions)}

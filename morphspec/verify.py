@@ -7,6 +7,7 @@ and compared: `max_abs_err = max|s - t|`, `rel_err = max|s - t| / max|t|`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,10 @@ from torch import nn
 
 from morphspec.arch import Arch
 from morphspec.defaults import DEFAULT_RTOL
+from morphspec.errors import Mark, MorphError
+from morphspec.spec.limits import check_params
+
+MAX_INPUT_BYTES = 2 << 30  # seeded inputs: far more samples than a check needs
 
 __all__ = ["Verification", "compare", "sample_inputs", "verify_checkpoints"]
 
@@ -39,8 +44,14 @@ class Verification:
 
 def sample_inputs(arch: Arch, samples: int, seed: int) -> torch.Tensor:
     """Seeded inputs for `arch`: normal floats, or token ids below the smallest vocab."""
-    gen = torch.Generator().manual_seed(seed)
     shape = (samples, *arch.input.dims)
+    need = math.prod(shape) * 8
+    if need > MAX_INPUT_BYTES:
+        raise MorphError(
+            f"--samples {samples} with input {arch.input} needs {need / 2**30:.1f} GiB of inputs"
+            f" (limit {MAX_INPUT_BYTES / 2**30:.0f} GiB); use fewer --samples"
+        )
+    gen = torch.Generator().manual_seed(seed)
     if arch.input.layout == "tokens":
         vocab = min((n.args["vocab"] for n in arch.nodes() if n.kind == "embedding"), default=2)
         return torch.randint(0, vocab, shape, generator=gen)
@@ -75,7 +86,15 @@ def verify_checkpoints(
 ) -> Verification:  # fmt: skip
     """Load both checkpoints strictly into their models and compare them."""
     from morphspec.api import load
+    from morphspec.checkpoint import CheckpointReader, check_finite, check_keys
 
+    for arch, ckpt in ((teacher, teacher_ckpt), (student, student_ckpt)):
+        with CheckpointReader(ckpt) as reader:
+            check_keys(reader, arch.state_shapes(), arch.spec.path)
+            if arch is teacher:
+                check_finite(reader)
+        numel = sum(math.prod(s) for s in arch.state_shapes().values())
+        check_params(numel, Mark(arch.spec.path), f"building '{arch.name}'")
     t_model = load(teacher, teacher_ckpt)
     s_model = load(student, student_ckpt)
     return compare(t_model, s_model, sample_inputs(teacher, samples, seed), rtol, seed)

@@ -21,7 +21,9 @@ EXAMPLES = """\
   morph verify teacher.yaml teacher.safetensors student.yaml student.safetensors
   morph verify t.yaml t.safetensors s.yaml s.safetensors --samples 64 --rtol 1e-4 --json"""
 
-SamplesOpt = Annotated[int, typer.Option("--samples", min=1, help="Inputs to compare on.")]
+SamplesOpt = Annotated[
+    int, typer.Option("--samples", min=1, max=100_000, help="Inputs to compare on.")
+]
 RtolOpt = Annotated[
     float, typer.Option("--rtol", min=0.0, help="Pass when max|s-t| / max|t| is at most this.")
 ]

@@ -15,7 +15,7 @@ __all__ = ["MAX_LAYERS", "MAX_PARAMS", "MAX_YAML_VALUES", "check_params", "limit
 
 MAX_YAML_VALUES = ("MORPH_MAX_YAML_VALUES", 200_000)  # YAML values after aliases expand
 MAX_LAYERS = ("MORPH_MAX_LAYERS", 200_000)  # resolved layers after repeats expand
-MAX_PARAMS = ("MORPH_MAX_PARAMS", 4_000_000_000)  # parameters allocated by init / verify
+MAX_PARAMS = ("MORPH_MAX_PARAMS", 2_000_000_000)  # numbers allocated by init / verify
 
 
 def limit(which: tuple[str, int]) -> int:
@@ -33,7 +33,27 @@ def over(which: tuple[str, int], what: str) -> str:
     return f"{what} exceeds the limit of {limit(which):,}; raise it with {env}=N if it is meant"
 
 
-def check_params(count: int, where: Mark, doing: str) -> None:
-    """Refuse to allocate a model of more than MAX_PARAMS numbers (params and buffers)."""
+def check_params(count: int, where: Mark, doing: str, itemsize: int = 4) -> None:
+    """Refuse to allocate a model of more than MAX_PARAMS numbers (params and buffers), or
+    of more bytes than the machine has available, before torch tries and dies."""
     if count > limit(MAX_PARAMS):
         raise SpecError(over(MAX_PARAMS, f"{doing} would allocate {count:,} numbers, which"), where)
+    free = available_memory()
+    if free is not None and count * itemsize > free:
+        raise SpecError(
+            f"{doing} needs {count * itemsize / 2**30:.1f} GiB for its {count:,} numbers but"
+            f" only {free / 2**30:.1f} GiB of memory is available; use a smaller spec",
+            where,
+        )
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), in bytes; None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

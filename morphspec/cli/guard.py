@@ -37,8 +37,8 @@ EXTRA_MODULES = ("torch", "safetensors")  # the `torch` extra of pyproject.toml
 def install_hint(module: str | None) -> str:
     """What to run when a command needs the torch extra that a light install lacks."""
     return (
-        f"this command needs {module or 'torch'}, which the light install leaves out:"
-        " pip install 'morphspec[torch]' (validate, schema, summary and diff work without it)"
+        f"this command needs {module or 'torch'}, which the light install leaves out;"
+        " install the extra: pip install 'morphspec[torch]'"
     )
 
 

@@ -49,11 +49,11 @@ def init(
     check_target(output, force=force, inputs=inputs)
     numel = sum(math.prod(s) for s in arch.state_shapes().values())
     check_params(numel, Mark(str(spec)), f"initialising '{arch.name}'")
-    out.talk(f"building {arch.name} ({arch.trainable_count():,} parameters)")
-
-    import torch
+    import torch  # first, so a light install fails before it talks
 
     from morphspec.api import build, save
+
+    out.talk(f"building {arch.name} ({arch.trainable_count():,} parameters)")
 
     torch.manual_seed(seed)
     model = build(arch)

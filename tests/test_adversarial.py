@@ -307,6 +307,33 @@ def test_headers_with_wrong_types_are_refused(tmp_path: Path, entry: dict[str, o
     assert str(err.value).startswith(f"{path}: ")
 
 
+def test_deeply_nested_index_is_refused(tmp_path: Path) -> None:
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text('{"weight_map": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(CheckpointError, match="nests too deeply"):
+        CheckpointReader(tmp_path)
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "FIFO", "DIR"])
+def test_specs_must_be_regular_files(tmp_path: Path, special: str) -> None:
+    path = Path(special)
+    if special == "FIFO":
+        path = tmp_path / "fifo.yaml"
+        os.mkfifo(path)
+    elif special == "DIR":
+        path = tmp_path
+    good = write(tmp_path, "good.yaml", MLP)
+    result = invoke("validate", str(path), str(good))
+    refused(result, f"{path}: ", "not a regular file")
+    assert f"{good}: ok" in result.stdout
+
+
+def test_oversized_spec_is_refused_before_reading(tmp_path: Path) -> None:
+    spec = write(tmp_path, "t.yaml", MLP + "# " + "x" * 2000 + "\n")
+    refused(invoke("validate", str(spec), MORPH_MAX_SPEC_BYTES="1000"), "MORPH_MAX_SPEC_BYTES")
+    assert invoke("validate", str(spec)).exit_code == 0
+
+
 def test_deeply_nested_header_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "deep.safetensors"
     raw = b"[" * 100_000 + b"]" * 100_000
@@ -346,7 +373,7 @@ def test_out_of_range_seed_is_a_usage_error(pair: tuple[Path, Path, Path], seed:
 
 def test_absurd_samples_are_refused(pair: tuple[Path, Path, Path]) -> None:
     t, _, ckpt = pair
-    refused(invoke("verify", str(t), str(ckpt), str(t), str(ckpt), "--samples", "10**9"), code=2)
+    refused(invoke("verify", str(t), str(ckpt), str(t), str(ckpt), "--samples", "1e9"), code=2)
     refused(
         invoke("verify", str(t), str(ckpt), str(t), str(ckpt), "--samples", "1000000000"),
         "--samples",
@@ -432,6 +459,20 @@ def test_disk_full_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         write_safetensors(target, entries)
     assert str(target) in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_during_convert_names_the_output(
+    pair: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("morphspec.checkpoint.writer.os.fsync", full)
+    out = tmp_path / "out.safetensors"
+    refused(convert(pair, out), f"{out}: no space left on device while writing {out};")
+    assert not out.exists() and hidden(tmp_path) == []
 
 
 @pytest.mark.parametrize(

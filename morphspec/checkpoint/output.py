@@ -72,7 +72,15 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 
 def default_mode() -> int:
-    """0666 & ~umask: what `open(..., 'w')` or `cp` gives a new file."""
+    """0666 & ~umask: what `open(..., 'w')` or `cp` gives a new file. The umask is read from
+    /proc where it can be (setting it to read it back races with other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
@@ -167,11 +175,20 @@ def disk_error(err: OSError, target: Path) -> MorphError | None:
     if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return None
     reason = os.strerror(err.errno or errno.ENOSPC).lower()
+    target = _visible(target)
     return CheckpointError(
         f"{reason} while writing {target}; nothing was written (the partial file was removed):"
         " free space or choose another -o",
         mark=Mark(str(target)),
     )
+
+
+def _visible(path: Path) -> Path:
+    """The output a staging file stands for (`.NAME.xxxx.unverified` -> `NAME`)."""
+    name = path.name
+    if name.startswith(".") and name.endswith(STAGING_SUFFIX):
+        return path.with_name(name[1:].rsplit(".", 2)[0])
+    return path
 
 
 def write_text_atomic(output: Path, text: str) -> None:

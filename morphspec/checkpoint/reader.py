@@ -189,6 +189,10 @@ class CheckpointReader:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise _fail(index, f"not a valid sharded-checkpoint index ({e!r}); {_FIX}") from None
+        except RecursionError:
+            raise _fail(
+                index, f"not a valid sharded-checkpoint index: nests too deeply; {_FIX}"
+            ) from None
         if not isinstance(weight_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
         ):

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from morphspec.errors import Mark, SpecError
-from morphspec.spec.limits import MAX_YAML_VALUES, limit, over
+from morphspec.spec.limits import MAX_SPEC_BYTES, MAX_YAML_VALUES, limit, over
 
 __all__ = ["Loc", "Located", "load_yaml"]
 
@@ -50,7 +50,7 @@ def load_yaml(path: Path, label: str | None = None) -> Located:
     """Read `path` into a Located document; syntax errors become SpecError with a place."""
     label = label or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_spec(path, label)
     except FileNotFoundError:
         raise SpecError(f"file not found: {label}", Mark(label)) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -80,6 +80,19 @@ def load_yaml(path: Path, label: str | None = None) -> Located:
         raise SpecError(f"YAML error: {exc}", Mark(label)) from None
     finally:
         loader.dispose()
+
+
+def _read_spec(path: Path, label: str) -> str:
+    """The file's text; a FIFO, device or folder (`/dev/zero` never ends) and files beyond
+    MAX_SPEC_BYTES are refused before they are read."""
+    if path.exists() and not path.is_file():
+        raise SpecError(f"{label} is not a regular file; give a spec file", Mark(label))
+    cap = limit(MAX_SPEC_BYTES)
+    with path.open("rb") as f:
+        raw = f.read(cap + 1)
+    if len(raw) > cap:
+        raise SpecError(over(MAX_SPEC_BYTES, "the file's size"), Mark(label))
+    return raw.decode("utf-8")
 
 
 def _control_byte(text: str, label: str) -> SpecError | None:

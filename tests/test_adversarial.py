@@ -220,6 +220,13 @@ def test_repeat_inside_repeat_is_refused(tmp_path: Path) -> None:
     refused(invoke("validate", str(spec)), f"{spec}:5:", "MORPH_MAX_LAYERS")
 
 
+def test_nested_repeats_are_refused_after_one_copy(tmp_path: Path) -> None:
+    text = NESTED_REPEAT.replace("100000", "50")
+    spec = write(tmp_path, "r.yaml", text)
+    refused(invoke("validate", str(spec), MORPH_MAX_LAYERS="1000"), f"{spec}:5:21: 'times: 50'")
+    assert invoke("validate", str(spec), MORPH_MAX_LAYERS="3000").exit_code == 0
+
+
 def test_layer_limit_can_be_raised_and_lowered(tmp_path: Path) -> None:
     spec = write(tmp_path, "t.yaml", MLP)
     refused(invoke("validate", str(spec), MORPH_MAX_LAYERS="2"), "limit of 2")

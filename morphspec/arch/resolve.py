@@ -325,6 +325,7 @@ class _Resolver:
                 layer.times, (*loc, "times"), env,
             )  # fmt: skip
         copies: list[Node] = []
+        before = self.made
         for i in range(times):
             cname, cpath = str(i), f"{path}.{i}"
             if layer.body is not None:
@@ -343,6 +344,11 @@ class _Resolver:
                 )
             copies.append(node)
             shape = node.out
+            if i == 0 and before + times * (self.made - before) > limit(MAX_LAYERS):
+                raise self.fail(
+                    over(MAX_LAYERS, f"'times: {times}' makes the number of layers, which"),
+                    layer.times, (*loc, "times"), env,
+                )  # fmt: skip
         return Node(
             "repeat",
             name,

@@ -24,7 +24,7 @@ __all__ = [
 
 MAX_SPEC_BYTES = ("MORPH_MAX_SPEC_BYTES", 10_000_000)  # a spec file, read whole
 MAX_YAML_VALUES = ("MORPH_MAX_YAML_VALUES", 200_000)  # YAML values after aliases expand
-MAX_LAYERS = ("MORPH_MAX_LAYERS", 200_000)  # resolved layers after repeats expand
+MAX_LAYERS = ("MORPH_MAX_LAYERS", 100_000)  # resolved layers after repeats expand
 MAX_PARAMS = ("MORPH_MAX_PARAMS", 2_000_000_000)  # numbers allocated by init / verify
 
 

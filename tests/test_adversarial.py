@@ -259,6 +259,23 @@ def test_huge_plain_numbers_are_refused(tmp_path: Path) -> None:
     refused(invoke("validate", str(spec)), f"{spec}:8:", "beyond the limit")
 
 
+def test_integers_too_long_to_read_are_located(tmp_path: Path) -> None:
+    spec = write(tmp_path, "t.yaml", MLP.replace("width: 8", "width: " + "9" * 5000))
+    refused(invoke("validate", str(spec)), f"{spec}:3:15: cannot read this value")
+    err = refused(
+        invoke("validate", str(write(tmp_path, "u.yaml", MLP)), "--set", "width=" + "9" * 5000)
+    )
+    assert len(err) < 300
+
+
+def test_extends_chains_are_bounded(tmp_path: Path) -> None:
+    for i in range(40):
+        write(tmp_path, f"e{i}.yaml", f"morphspec: 1\nname: e\nextends: e{i + 1}.yaml\n")
+    write(tmp_path, "e40.yaml", MLP)
+    refused(invoke("validate", str(tmp_path / "e0.yaml")), "'extends' chains more than 32 files")
+    assert invoke("validate", str(tmp_path / "e20.yaml")).exit_code == 0
+
+
 # -- 6. located messages instead of internal errors ----------------------------------------
 @pytest.mark.parametrize("byte", ["\x07", "\x00", "\x1b"])
 def test_control_bytes_are_located_and_do_not_stop_validate(tmp_path: Path, byte: str) -> None:

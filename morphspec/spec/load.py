@@ -18,6 +18,7 @@ from morphspec.spec.yamlpos import Loc, Located, load_yaml
 
 __all__ = ["load_spec", "parse_set"]
 
+MAX_EXTENDS = 32  # files in one `extends` chain: deeper is a mistake, not a design
 SetArg = Mapping[str, Any] | list[str] | tuple[str, ...] | None
 
 
@@ -38,8 +39,9 @@ def parse_set(items: SetArg) -> dict[str, int | float]:
     for name, raw in pairs:
         value = _number(raw) if isinstance(raw, str) else raw
         if isinstance(value, bool) or not isinstance(value, int | float):
+            shown = raw if len(str(raw)) <= 40 else f"{str(raw)[:37]}..."
             raise SpecError(
-                f"--set {name}={raw}: the value must be a number such as 64, 0.25 or 1e-3"
+                f"--set {name}={shown}: the value must be a number such as 64, 0.25 or 1e-3"
             )
         try:
             out[name] = check_number(value)
@@ -53,7 +55,7 @@ def _number(text: str) -> int | float | None:
     else None. Parsed with the safe loader only: no tags, nothing constructed."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
         return None
     if isinstance(value, bool):
         return None
@@ -113,6 +115,11 @@ def _load_merged(path: Path, chain: list[Path]) -> Located:
         raise SpecError(
             f"'extends: {parent_name}' names no file (looked for {parent_path};"
             " the path is relative to this spec)",
+            doc.mark(("extends",)),
+        )
+    if len(chain) >= MAX_EXTENDS:
+        raise SpecError(
+            f"'extends' chains more than {MAX_EXTENDS} files; merge some of them",
             doc.mark(("extends",)),
         )
     if parent_path.resolve() in (*chain, resolved):

@@ -138,7 +138,7 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, out: Located)
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise SpecError("mapping keys must be names", _mark(out.file, key_node))
-            key = loader.construct_object(key_node, deep=True)
+            key = _construct(loader, key_node, (*loc, "<key>"), out)
             if not isinstance(key, str | int):
                 raise SpecError("mapping keys must be names", _mark(out.file, key_node))
             if key in result:
@@ -148,4 +148,7 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, out: Located)
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_construct(loader, item, (*loc, i), out) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    try:
+        return loader.construct_object(node, deep=True)
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of 5000 digits
+        raise SpecError(f"cannot read this value: {exc}".split(";")[0], out.values[loc]) from None

@@ -86,15 +86,15 @@ def verify_checkpoints(
 ) -> Verification:  # fmt: skip
     """Load both checkpoints strictly into their models and compare them."""
     from morphspec.api import load
-    from morphspec.checkpoint import CheckpointReader, check_finite, check_keys
+    from morphspec.checkpoint import CheckpointReader, check_keys
+    from morphspec.checkpoint.finite import check_finite_tensors
 
     for arch, ckpt in ((teacher, teacher_ckpt), (student, student_ckpt)):
         with CheckpointReader(ckpt) as reader:
             check_keys(reader, arch.state_shapes(), arch.spec.path)
-            if arch is teacher:
-                check_finite(reader)
         numel = sum(math.prod(s) for s in arch.state_shapes().values())
         check_params(numel, Mark(arch.spec.path), f"building '{arch.name}'")
     t_model = load(teacher, teacher_ckpt)
+    check_finite_tensors(t_model.state_dict().items(), Mark(str(teacher_ckpt)))
     s_model = load(student, student_ckpt)
     return compare(t_model, s_model, sample_inputs(teacher, samples, seed), rtol, seed)

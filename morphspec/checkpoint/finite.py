@@ -6,27 +6,35 @@ does not reproduce the teacher" (exit 3): true, but it hid the cause, which is t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from morphspec.checkpoint.reader import CheckpointReader
 from morphspec.errors import CheckpointError, Mark
 
-__all__ = ["check_finite"]
+__all__ = ["check_finite", "check_finite_tensors"]
 
 
-def check_finite(reader: CheckpointReader, what: str = "the teacher") -> None:
-    """Raise a CheckpointError naming the first tensor (by key) that has a NaN or an inf.
-
-    Reads each floating tensor once through the memory map, without copying it."""
-    for key in reader:
-        if not reader.dtype(key).is_floating_point:
+def check_finite_tensors(
+    tensors: Iterable[tuple[str, torch.Tensor]], where: Mark, what: str = "the teacher"
+) -> None:
+    """Raise a CheckpointError naming the first floating tensor that has a NaN or an inf."""
+    for key, tensor in tensors:
+        if not tensor.dtype.is_floating_point or not tensor.numel():
             continue
-        tensor = reader.get(key, copy=False)
-        if tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        if not bool(torch.isfinite(tensor).all()):
             nan = int(torch.isnan(tensor).sum())
             inf = int(torch.isinf(tensor).sum())
             raise CheckpointError(
                 f"{what} is not finite: tensor '{key}' holds {nan} NaN and {inf} infinite"
                 " value(s); fix or re-export the checkpoint (nothing was written)",
-                mark=Mark(str(reader.path)),
+                mark=where,
             )
+
+
+def check_finite(reader: CheckpointReader, what: str = "the teacher") -> None:
+    """`check_finite_tensors` over a checkpoint, reading each tensor through the memory map
+    without copying it."""
+    tensors = ((key, reader.get(key, copy=False)) for key in reader)
+    check_finite_tensors(tensors, Mark(str(reader.path)), what)

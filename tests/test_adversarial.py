@@ -469,6 +469,22 @@ def test_non_finite_teacher_is_named(
     refused(invoke("verify", str(t), str(ckpt), str(t), str(ckpt)), "not finite")
 
 
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e5m2]
+)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_finiteness_check_in_every_float_dtype(dtype: torch.dtype, bad: float) -> None:
+    from morphspec.checkpoint.finite import check_finite_tensors
+    from morphspec.errors import Mark
+
+    good = torch.linspace(-2, 2, 100)
+    check_finite_tensors([("w", good.to(dtype))], Mark("x"))
+    worse = good.clone()
+    worse[17] = bad
+    with pytest.raises(CheckpointError, match="tensor 'w' holds"):
+        check_finite_tensors([("ok", good.to(dtype)), ("w", worse.to(dtype))], Mark("x"))
+
+
 # -- 9. smaller ----------------------------------------------------------------------------
 def test_disk_full_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno

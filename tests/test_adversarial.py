@@ -395,6 +395,21 @@ def test_out_of_range_seed_is_a_usage_error(pair: tuple[Path, Path, Path], seed:
     refused(result, "--seed", code=2)
 
 
+@pytest.mark.parametrize("option", ["--noise", "--init-scale"])
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_non_finite_options_are_usage_errors(
+    pair: tuple[Path, Path, Path], tmp_path: Path, option: str, value: str
+) -> None:
+    out = tmp_path / "out.safetensors"
+    refused(convert(pair, out, option, value), option, code=2)
+    assert not out.exists()
+
+
+def test_a_checkpoint_given_as_spec_is_named(pair: tuple[Path, Path, Path]) -> None:
+    ckpt = pair[2]
+    refused(invoke("summary", str(ckpt)), f"{ckpt}: ", "not UTF-8 text (is it a checkpoint?)")
+
+
 def test_absurd_samples_are_refused(pair: tuple[Path, Path, Path]) -> None:
     t, _, ckpt = pair
     refused(invoke("verify", str(t), str(ckpt), str(t), str(ckpt), "--samples", "1e9"), code=2)
@@ -436,6 +451,16 @@ def test_signals_remove_the_staging_file(
     assert proc.returncode == 128 + getattr(signal, sig), proc.stderr
     assert "terminated" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists() and hidden(tmp_path) == []
+
+
+def test_convert_restores_signal_handlers(pair: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    marker = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP))
+        assert convert(pair, tmp_path / "out.safetensors").exit_code == 0
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
+    finally:
+        signal.signal(signal.SIGHUP, marker)
 
 
 def test_writer_restores_signal_handlers_and_cleans_up(tmp_path: Path) -> None:

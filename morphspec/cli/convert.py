@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -45,11 +46,21 @@ FamilyOpt = Annotated[
     Literal["r2r", "net2net", "netmorph", "randpad"],
     typer.Option("--family", help="Growth family; `morph families` shows their conditions."),
 ]
+
+
+def _finite(value: float) -> float:
+    """Refuse inf and nan, which would only produce a non-finite student."""
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 NoiseOpt = Annotated[
     float,
     typer.Option(
         "--noise",
         min=0.0,
+        callback=_finite,
         help="Symmetry-breaking noise of this relative size, placed where it keeps the function.",
     ),
 ]
@@ -78,7 +89,13 @@ InitOpt = Annotated[
     typer.Option("--init", help="Scale of free parameters: match the existing weights, or He."),
 ]
 InitScaleOpt = Annotated[
-    float, typer.Option("--init-scale", min=0.0, help="Multiplies the scale of free parameters.")
+    float,
+    typer.Option(
+        "--init-scale",
+        min=0.0,
+        callback=_finite,
+        help="Multiplies the scale of free parameters.",
+    ),
 ]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Check and plan; write nothing.")]
 NoVerifyOpt = Annotated[

@@ -53,7 +53,11 @@ def load_yaml(path: Path, label: str | None = None) -> Located:
         text = _read_spec(path, label)
     except FileNotFoundError:
         raise SpecError(f"file not found: {label}", Mark(label)) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise SpecError(
+            f"{label} is not UTF-8 text (is it a checkpoint?); give a spec file", Mark(label)
+        ) from None
+    except OSError as exc:
         raise SpecError(f"cannot read {label}: {exc}", Mark(label)) from None
     bad = _control_byte(text, label)
     if bad is not None:

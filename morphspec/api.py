@@ -48,7 +48,7 @@ def load(
     arch = _arch(spec_path, set)
     model = build_arch(arch)
     with CheckpointReader(checkpoint_path) as reader:
-        check_keys(reader, arch.state_shapes(), str(spec_path))
+        check_keys(reader, arch.state_shapes(), arch.spec.path)
         state = {k: reader.get(k) for k in reader}
     model.load_state_dict(state, strict=True)
     return model

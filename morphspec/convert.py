@@ -9,7 +9,6 @@ overwritten on failure, and the teacher is never written.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -17,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from morphspec.arch import Arch
-from morphspec.checkpoint import CheckpointReader, make_metadata, write_safetensors
-from morphspec.errors import Mark, MorphError, NotPreservingError
+from morphspec.checkpoint import CheckpointReader, check_finite, make_metadata, write_safetensors
+from morphspec.checkpoint.output import check_target, commit, staging_file
+from morphspec.errors import Mark, NotPreservingError
 from morphspec.grow import prepare
 from morphspec.growth.apply import student_entries
 from morphspec.growth.families import Family
@@ -65,26 +65,11 @@ def default_output(student_spec: str | Path, student: Arch) -> Path:
     return Path(student_spec).parent / f"{stem}.safetensors"
 
 
-def _check_output(output: Path, reader: CheckpointReader, force: bool) -> None:
-    if output.is_dir():
-        raise MorphError(
-            f"the output {output} is a folder; give a file name such as"
-            f" {output / 'student.safetensors'}",
-            Mark(str(output)),
-        )
-    target = output.resolve()
-    for path in reader.paths:
-        if path.resolve() == target or (output.exists() and os.path.samefile(path, output)):
-            raise MorphError(
-                f"the output {output} is the teacher checkpoint; morph never writes over the"
-                " teacher: choose another -o",
-                Mark(str(output)),
-            )
-    if output.exists() and not force:
-        raise MorphError(f"{output} exists; pass --force to replace it (it is replaced only after"
-                         " the new file is verified)", Mark(str(output)))  # fmt: skip
-    if not output.parent.is_dir():
-        raise MorphError(f"the output folder {output.parent} does not exist", Mark(str(output)))
+def _check_output(out: Path, reader: CheckpointReader, force: bool, *archs: Arch) -> None:
+    """The output must be a regular file (or nothing), and none of the files this run reads."""
+    inputs: list[tuple[str | Path, str]] = [(p, "the teacher checkpoint") for p in reader.paths]
+    inputs += [(f, f"the spec file {f}") for arch in archs for f in arch.spec.files]
+    check_target(out, force=force, inputs=inputs)
 
 
 def convert(
@@ -113,9 +98,10 @@ def convert(
     out = Path(output) if output is not None else default_output(student_spec, student)
     with CheckpointReader(checkpoint) as reader:
         grower = prepare(plan, reader, opts, str(teacher_spec))
-        _check_output(out, reader, force)
+        _check_output(out, reader, force, teacher, student)
         if dry_run:
             return ConvertResult(plan, out, False, None, None, grower)
+        check_finite(reader)
         sha = reader.sha256()
         metadata = make_metadata(
             student.spec.resolved_json(),
@@ -131,8 +117,7 @@ def convert(
         entries = student_entries(plan, grower, reader)
         total = sum(e.nbytes for e in entries)
         report = (lambda done: progress(done, total)) if progress else None
-        staging = out.parent / f".{out.name}.unverified"
-        try:
+        with staging_file(out) as staging:
             write_safetensors(staging, entries, metadata, progress=report)
             result = None
             if verify:
@@ -146,7 +131,5 @@ def convert(
                         " no output written",
                         Mark(str(student_spec)),
                     )
-            os.replace(staging, out)
-        finally:
-            staging.unlink(missing_ok=True)
+            commit(staging, out)
     return ConvertResult(plan, out, True, result, sha, grower)

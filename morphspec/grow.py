@@ -21,6 +21,7 @@ from torch import nn
 
 from morphspec.arch import Arch, resolve
 from morphspec.checkpoint import check_keys
+from morphspec.checkpoint.finite import check_finite_tensors
 from morphspec.errors import Mark, MorphError, NotPreservingError, closest
 from morphspec.growth.apply import StateSource, TensorSource, student_entries
 from morphspec.growth.families import FAMILIES, Family, make_family
@@ -121,6 +122,7 @@ def grow(
     t_arch = _arch(teacher_spec, teacher_set)
     plan = diff(t_arch, _arch(student_spec, student_set))
     grower = prepare(plan, source, opts, _label(teacher_spec, t_arch))
+    check_finite_tensors(((k, source.get(k, copy=False)) for k in source.keys()), Mark(source.path))
     t_arch, s_arch = plan.teacher, plan.student
     device = next(iter(state.values())).device if state else torch.device("cpu")
     grown = {

@@ -9,6 +9,7 @@ uniform token ids for int64), and compared: `max_abs_err = max|s - t|`,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -20,8 +21,19 @@ from torch import nn
 
 from morphspec.arch import Arch
 from morphspec.defaults import DEFAULT_RTOL
+from morphspec.errors import MorphError
 
-__all__ = ["Mode", "Verification", "compare", "run_mode", "sample_inputs", "verify_checkpoints"]
+MAX_INPUT_BYTES = 2 << 30  # seeded inputs: far more samples than a check needs
+
+__all__ = [
+    "Mode",
+    "Verification",
+    "compare",
+    "run_mode",
+    "sample_inputs",
+    "verify_checkpoints",
+    "verify_modes",
+]
 
 Mode = Literal["eval", "train"]
 
@@ -46,8 +58,14 @@ class Verification:
 
 def sample_inputs(arch: Arch, samples: int, seed: int) -> torch.Tensor:
     """Seeded inputs for `arch`: normal floats, or token ids below the smallest vocab."""
-    gen = torch.Generator().manual_seed(seed)
     shape = (samples, *arch.input.dims)
+    need = math.prod(shape) * 8
+    if need > MAX_INPUT_BYTES:
+        raise MorphError(
+            f"--samples {samples} with input {arch.input} needs {need / 2**30:.1f} GiB of inputs"
+            f" (limit {MAX_INPUT_BYTES / 2**30:.0f} GiB); use fewer --samples"
+        )
+    gen = torch.Generator().manual_seed(seed)
     if arch.input.layout == "tokens":
         vocab = min((n.args["vocab"] for n in arch.nodes() if n.kind == "embedding"), default=2)
         return torch.randint(0, vocab, shape, generator=gen)
@@ -98,12 +116,33 @@ def verify_checkpoints(
     samples: int = 32, seed: int = 0, rtol: float = DEFAULT_RTOL,
     modes: tuple[Mode, ...] = ("eval", "train"),
 ) -> Verification:  # fmt: skip
-    """Load both checkpoints strictly into their models and compare them in each of
-    `modes`; the worst result (its `mode` says which)."""
-    from morphspec.api import load
-
-    t_model = load(teacher, teacher_ckpt)
-    s_model = load(student, student_ckpt)
-    inputs = sample_inputs(teacher, samples, seed)
-    results = [compare(t_model, s_model, inputs, rtol, seed, mode) for mode in modes]
+    """The worst of `verify_modes` (its `mode` says which)."""
+    results = verify_modes(teacher, teacher_ckpt, student, student_ckpt, samples, seed, rtol, modes)
     return max(results, key=lambda v: v.rel_err)
+
+
+def verify_modes(
+    teacher: Arch, teacher_ckpt: str | Path, student: Arch, student_ckpt: str | Path,
+    samples: int = 32, seed: int = 0, rtol: float = DEFAULT_RTOL,
+    modes: tuple[Mode, ...] = ("eval", "train"),
+) -> list[Verification]:  # fmt: skip
+    """Compare the two checkpoints' models on the same seeded inputs in each of `modes`,
+    streaming each layer's tensors from its checkpoint only while it runs
+    (`checkpoint.stream`), so memory stays near the largest layer plus activations rather
+    than two whole models. A teacher that is not finite is refused first."""
+    from morphspec.checkpoint import CheckpointReader, check_finite, check_keys
+    from morphspec.checkpoint.stream import streamed_model
+
+    with CheckpointReader(teacher_ckpt) as t_reader, CheckpointReader(student_ckpt) as s_reader:
+        check_keys(t_reader, teacher.state_shapes(), teacher.spec.path)
+        check_keys(s_reader, student.state_shapes(), student.spec.path)
+        check_finite(t_reader)
+        inputs = sample_inputs(teacher, samples, seed)
+        results = []
+        for mode in modes:
+            with (
+                streamed_model(teacher, t_reader) as t_model,
+                streamed_model(student, s_reader) as s_model,
+            ):
+                results.append(compare(t_model, s_model, inputs, rtol, seed, mode))
+        return results

@@ -387,3 +387,12 @@ def test_verify_cli_reports_train_mode_and_drift(tmp_path: Path) -> None:
     assert data["train"]["mode"] == "train" and data["train"]["rel_err"] <= 1e-5
     assert data["verification"]["mode"] == "eval"
     assert 0.5 <= data["drift_ratio"] <= 2.0 and data["drift"]["steps"] == 2
+
+
+def test_a_non_finite_teacher_is_named(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "mlp.yaml", MLP_BN)
+    teacher = morphspec.build(spec)
+    with torch.no_grad():
+        teacher.get_parameter("fc2.weight")[0, 0] = float("nan")
+    with pytest.raises(MorphError, match="not finite: tensor 'fc2.weight'"):
+        grow(teacher, spec, spec, student_set=["width=9"])

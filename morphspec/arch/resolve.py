@@ -12,7 +12,8 @@ from morphspec.arch import leaves
 from morphspec.arch.nodes import Arch, Node, TensorShape
 from morphspec.errors import Mark, SpecError, closest
 from morphspec.spec import models as m
-from morphspec.spec.expr import ExprError, Number, evaluate
+from morphspec.spec.expr import ExprError, Number, check_number, evaluate, names_in
+from morphspec.spec.limits import MAX_LAYERS, limit, over
 from morphspec.spec.yamlpos import Loc
 
 __all__ = ["resolve"]
@@ -22,19 +23,21 @@ MAX_TEMPLATE_DEPTH = 32
 
 def resolve(spec: m.Spec) -> Arch:
     """Resolve a loaded spec; raises SpecError naming the file, line and column."""
-    shape = _input_shape(spec)
     ctx = _Resolver(spec)
+    shape = _input_shape(spec, ctx)
     children = ctx.layers(spec.body, ("body",), dict(spec.vars), shape, "")
     out = children[-1].out if children else shape
     root = Node("sequential", "", "", {}, shape, out, spec.mark(()), tuple(children))
     return Arch(spec, root)
 
 
-def _input_shape(spec: m.Spec) -> TensorShape:
-    dims = tuple(spec.input.shape)
+def _input_shape(spec: m.Spec, ctx: _Resolver) -> TensorShape:
     where = spec.mark(("input", "shape"))
-    if not dims or any(d <= 0 for d in dims):
-        raise SpecError(f"input shape {list(dims)} must list positive sizes", where)
+    raw = spec.input.shape
+    if not raw:
+        raise SpecError("input shape [] must list positive sizes", where)
+    loc: Loc = ("input", "shape")
+    dims = tuple(ctx.count(d, (*loc, i), spec.vars, f"input size {i}") for i, d in enumerate(raw))
     if spec.input.dtype == "int64":
         if len(dims) != 1:
             raise SpecError("int64 input is a sequence of token ids: shape [T]", where)
@@ -53,20 +56,41 @@ class _Resolver:
     def __init__(self, spec: m.Spec):
         self.spec = spec
         self.stack: list[str] = []
+        self.made = 0  # layers resolved so far, held to MAX_LAYERS
 
     def mark(self, loc: Loc, key: bool = False) -> Mark:
         return self.spec.mark(loc, key)
 
     # -- numbers ---------------------------------------------------------------------
+    def blame(self, value: Any, loc: Loc, env: Mapping[str, Number]) -> tuple[Mark, str]:
+        """Where to point for a bad value: at the expression, or, when a var it uses was set
+        in another file (a student that `extends` its teacher), at that var's line."""
+        here = self.mark(loc)
+        if not isinstance(value, str):
+            return here, ""
+        for name in names_in(value):
+            if name not in self.spec.vars or name in self.spec.overridden:
+                continue
+            if env.get(name) != self.spec.vars[name]:
+                continue
+            set_at = self.mark(("vars", name))
+            if set_at.file != here.file:
+                return set_at, f" (var '{name}' is set here; the expression is at {here})"
+        return here, ""
+
+    def fail(self, message: str, value: Any, loc: Loc, env: Mapping[str, Number]) -> SpecError:
+        mark, note = self.blame(value, loc, env)
+        return SpecError(message + note, mark)
+
     def number(self, value: Any, loc: Loc, env: Mapping[str, Number]) -> Number:
         if isinstance(value, bool):
             raise SpecError(f"expected a number, got {value}", self.mark(loc))
-        if isinstance(value, int | float):
-            return value
         try:
+            if isinstance(value, int | float):
+                return check_number(value)
             return evaluate(str(value), env)
         except ExprError as exc:
-            raise SpecError(f"in '{value}': {exc}", self.mark(loc)) from None
+            raise self.fail(f"in '{value}': {exc}", value, loc, env) from None
 
     def count(self, value: Any, loc: Loc, env: Mapping[str, Number], what: str) -> int:
         """A positive integer, such as a channel count; show the expression and its value."""
@@ -75,13 +99,13 @@ class _Resolver:
             return int(got)
         shown = f"'{value}' = {got}" if isinstance(value, str) else str(got)
         fix = "wrap it in floor() or round()" if got >= 1 else "check the vars it uses"
-        raise SpecError(f"{what} must be a positive integer, but {shown}; {fix}", self.mark(loc))
+        raise self.fail(f"{what} must be a positive integer, but {shown}; {fix}", value, loc, env)
 
     def natural(self, value: Any, loc: Loc, env: Mapping[str, Number], what: str) -> int:
         got = self.number(value, loc, env)
         if float(got).is_integer() and got >= 0:
             return int(got)
-        raise SpecError(f"{what} must be a non-negative integer, got {got}", self.mark(loc))
+        raise self.fail(f"{what} must be a non-negative integer, got {got}", value, loc, env)
 
     def real(self, value: Any, loc: Loc, env: Mapping[str, Number]) -> float:
         return float(self.number(value, loc, env))
@@ -121,6 +145,9 @@ class _Resolver:
         prefix: str,
     ) -> Node:
         path = f"{prefix}.{name}" if prefix else name
+        self.made += 1
+        if self.made > limit(MAX_LAYERS):
+            raise SpecError(over(MAX_LAYERS, "the number of layers"), self.mark(loc))
         if isinstance(layer, m.BlockCall):
             return self.call(layer, loc, env, shape, name, path)
         if isinstance(layer, m.Sequential):
@@ -136,8 +163,11 @@ class _Resolver:
             return leaves.make(layer.op, name, path, args, shape, self.mark(loc))
         except leaves.ShapeError as exc:
             field = exc.field
-            where = self.mark((*loc, field)) if field else self.mark(loc, key=True)
-            raise SpecError(f"{layer.op} '{path}': {exc}", where) from None
+            if field:
+                raise self.fail(
+                    f"{layer.op} '{path}': {exc}", getattr(layer, field, None), (*loc, field), env
+                ) from None
+            raise SpecError(f"{layer.op} '{path}': {exc}", self.mark(loc, key=True)) from None
 
     def leaf_args(self, layer: BaseModel, loc: Loc, env: Mapping[str, Number]) -> dict[str, Any]:
         args: dict[str, Any] = {}
@@ -289,7 +319,13 @@ class _Resolver:
         path: str,
     ) -> Node:
         times = self.count(layer.times, (*loc, "times"), env, "'times'")
+        if self.made + times > limit(MAX_LAYERS):
+            raise self.fail(
+                over(MAX_LAYERS, f"'times: {times}' makes the number of layers, which"),
+                layer.times, (*loc, "times"), env,
+            )  # fmt: skip
         copies: list[Node] = []
+        before = self.made
         for i in range(times):
             cname, cpath = str(i), f"{path}.{i}"
             if layer.body is not None:
@@ -308,6 +344,11 @@ class _Resolver:
                 )
             copies.append(node)
             shape = node.out
+            if i == 0 and before + times * (self.made - before) > limit(MAX_LAYERS):
+                raise self.fail(
+                    over(MAX_LAYERS, f"'times: {times}' makes the number of layers, which"),
+                    layer.times, (*loc, "times"), env,
+                )  # fmt: skip
         return Node(
             "repeat",
             name,

@@ -32,6 +32,7 @@ _SINGLE_NAME = "model.safetensors"
 _MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
 _CHUNK = 1 << 20
 _FIX = "re-save or re-download the checkpoint"
+MAX_KEY_PROBLEMS = 10  # a checkpoint of another model: name a few keys, then count the rest
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -92,6 +93,9 @@ def _read_header(path: Path) -> tuple[dict[str, _Info], dict[str, str]]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         msg = f"not a safetensors file: header is not valid JSON ({e}); {_FIX}"
         raise _fail(path, msg) from None
+    except RecursionError:
+        msg = f"not a safetensors file: header JSON nests too deeply; {_FIX}"
+        raise _fail(path, msg) from None
     if not isinstance(header, dict):
         raise _fail(path, f"not a safetensors file: header is not a JSON object; {_FIX}")
     meta = header.pop("__metadata__", None) or {}
@@ -117,16 +121,17 @@ def _check_entry(path: Path, key: str, entry: Any) -> _Info:
     bad = f"corrupt header entry for '{key}'"
     if not isinstance(entry, dict):
         raise _fail(path, f"{bad}: not an object; {_FIX}")
-    dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"))  # type: ignore[arg-type]
+    name = entry.get("dtype")
+    dtype = SAFETENSORS_DTYPES.get(name) if isinstance(name, str) else None
     if dtype is None:
         raise _fail(path, f"{bad}: unsupported dtype {entry.get('dtype')!r}")
     shape, offsets = entry.get("shape"), entry.get("data_offsets")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_size(d) for d in shape):
         raise _fail(path, f"{bad}: shape {shape!r} is not a list of sizes; {_FIX}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
-        or not all(isinstance(o, int) for o in offsets)
+        or not all(_is_size(o) for o in offsets)
         or not 0 <= offsets[0] <= offsets[1]
     ):
         raise _fail(path, f"{bad}: data_offsets {offsets!r} are invalid; {_FIX}")
@@ -134,6 +139,24 @@ def _check_entry(path: Path, key: str, entry: Any) -> _Info:
     if offsets[1] - offsets[0] != nbytes:
         raise _fail(path, f"{bad}: {offsets[1] - offsets[0]} bytes for shape {shape}; {_FIX}")
     return _Info(tuple(shape), dtype, nbytes, path)
+
+
+def _is_size(value: Any) -> bool:
+    """A JSON integer >= 0 (JSON true/false are not sizes, though Python counts them as ints)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shard_name(index: Path, name: str) -> Path:
+    """A shard must be a plain file name in the index's folder: never a path that could
+    read a file elsewhere (`/etc/passwd`, `../../x`)."""
+    plain = name not in ("", ".", "..") and not any(c in name for c in "/\\\0:")
+    if not plain or Path(name).is_absolute():
+        raise _fail(
+            index,
+            f"shard '{name}' in 'weight_map' is not a plain file name; shards must be files in"
+            f" the index's folder ({index.parent}): fix the index",
+        )
+    return index.parent / name
 
 
 class CheckpointReader:
@@ -167,11 +190,15 @@ class CheckpointReader:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise _fail(index, f"not a valid sharded-checkpoint index ({e!r}); {_FIX}") from None
+        except RecursionError:
+            raise _fail(
+                index, f"not a valid sharded-checkpoint index: nests too deeply; {_FIX}"
+            ) from None
         if not isinstance(weight_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
         ):
             raise _fail(index, "index 'weight_map' must map tensor names to shard file names")
-        shards = sorted({index.parent / name for name in weight_map.values()})
+        shards = sorted({_shard_name(index, name) for name in weight_map.values()})
         missing = [s for s in shards if not s.is_file()]
         if missing:
             msg = "shard listed in the index is missing; restore it or fix the index"
@@ -181,7 +208,7 @@ class CheckpointReader:
         self._infos = {}
         listed: dict[Path, set[str]] = {s: set() for s in shards}
         for key, name in sorted(weight_map.items()):
-            shard = index.parent / name
+            shard = _shard_name(index, name)
             listed[shard].add(key)
             info = per_shard[shard][0].get(key)
             if info is None:
@@ -297,5 +324,13 @@ def check_keys(
             problems.append(
                 Problem(f"{head}: key '{key}' has shape {got} but the spec expects {exp}", mark)
             )
+    if len(problems) > MAX_KEY_PROBLEMS:
+        more = len(problems) - MAX_KEY_PROBLEMS
+        summary = (
+            f"{head}: ... and {more} more key problem(s) ({len(missing)} missing,"
+            f" {len(have - set(want))} unexpected of {len(want)} expected keys); is this the"
+            " checkpoint of this spec?"
+        )
+        problems = [*problems[:MAX_KEY_PROBLEMS], Problem(summary, mark)]
     if problems:
         raise CheckpointError(problems)

@@ -21,9 +21,11 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
+from morphspec.checkpoint.output import default_mode, disk_error, terminate_as_interrupt
 from morphspec.checkpoint.reader import SAFETENSORS_DTYPES, CheckpointReader
 from morphspec.errors import CheckpointError, Mark
 
@@ -126,30 +128,49 @@ def write_safetensors(
             f"output directory {target.parent} does not exist; create it first",
             mark=Mark(str(target)),
         )
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            written = 0
-            for entry in ordered:
-                tensor = entry.produce()
-                data, owner = _raw_bytes(entry, tensor)
-                del tensor
-                f.write(data)
-                written += len(data)
-                del data, owner
-                if progress is not None:
-                    progress(written)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    if target.exists() and not target.is_file():
+        raise CheckpointError(
+            f"{target} is not a regular file; only a regular file can be replaced",
+            mark=Mark(str(target)),
+        )
+    with terminate_as_interrupt():
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                _write_all(f, header, ordered, progress)
+            os.chmod(tmp, default_mode())
+            os.replace(tmp, target)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if isinstance(err, OSError) and (located := disk_error(err, target)) is not None:
+                raise located from None
+            raise
     _fsync_dir(target.parent)
     return target
+
+
+def _write_all(
+    f: BinaryIO,
+    header: bytes,
+    ordered: Sequence[TensorEntry],
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Header, then each tensor's bytes as it is produced; flushed and fsynced."""
+    f.write(header)
+    written = 0
+    for entry in ordered:
+        tensor = entry.produce()
+        data, owner = _raw_bytes(entry, tensor)
+        del tensor
+        f.write(data)
+        written += len(data)
+        del data, owner
+        if progress is not None:
+            progress(written)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def _fsync_dir(directory: Path) -> None:

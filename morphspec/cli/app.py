@@ -9,6 +9,7 @@ code. Torch is imported only inside commands that build models, so `morph --help
 from __future__ import annotations
 
 import inspect
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -16,7 +17,9 @@ from typing import Annotated, Any
 import typer
 
 from morphspec.cli import convert, diff, families, init, probe, schema, summary, validate, verify
-from morphspec.cli.guard import guarded
+from morphspec.cli.guard import ClickException, guarded
+from morphspec.cli.output import problem_json, to_json
+from morphspec.errors import Problem
 
 __all__ = ["app", "main"]
 
@@ -98,4 +101,19 @@ def main() -> None:
     """Entry point of the `morph` and `morphspec` console scripts."""
     # torch warns at import when numpy is absent; morphspec never needs numpy.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
-    app()
+    args = sys.argv[1:]
+    if "--json" not in args:
+        app()
+        return
+    # With --json even a usage error (exit 2) is one JSON document on stdout, so click's
+    # standalone mode, which prints usage text, is replaced by this handler.
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, prog_name="morph", standalone_mode=False)
+    except ClickException as err:
+        doc = {"ok": False, "problems": [problem_json(Problem(err.format_message()))]}
+        sys.stdout.write(to_json(doc) + "\n")
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

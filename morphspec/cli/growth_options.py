@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -40,7 +41,17 @@ def growth_option(name: str) -> Any:
     kw: dict[str, Any] = {"help": info.help}
     if info.min is not None:
         kw["min"] = info.min
+    if info.max is not None:
+        kw["max"] = info.max
+    if info.finite:
+        kw["callback"] = _finite
     return typer.Option(info.flag, **kw)
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def option_annotation(name: str) -> Any:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from morphspec.arch import resolve
+from morphspec.checkpoint.output import check_target
 from morphspec.cli.options import ForceOpt, JsonOpt, SeedOpt, SetOpt, SpecArg
 from morphspec.cli.output import Output
-from morphspec.errors import Mark, MorphError
+from morphspec.errors import Mark
 from morphspec.spec import load_spec
+from morphspec.spec.limits import check_params
 
 __all__ = ["EXAMPLES", "init"]
 
@@ -41,14 +44,16 @@ def init(
     commands can read it back.
     """
     out = Output(as_json)
-    if output.exists() and not force:
-        raise MorphError("the output file exists; pass --force to overwrite it", Mark(str(output)))
     arch = resolve(load_spec(spec, set_))
-    out.talk(f"building {arch.name} ({arch.trainable_count():,} parameters)")
-
-    import torch
+    inputs = [(f, f"the spec file {f}") for f in arch.spec.files]
+    check_target(output, force=force, inputs=inputs)
+    numel = sum(math.prod(s) for s in arch.state_shapes().values())
+    check_params(numel, Mark(str(spec)), f"initialising '{arch.name}'")
+    import torch  # first, so a light install fails before it talks
 
     from morphspec.api import build, save
+
+    out.talk(f"building {arch.name} ({arch.trainable_count():,} parameters)")
 
     torch.manual_seed(seed)
     model = build(arch)

@@ -11,7 +11,9 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["ForceOpt", "JsonOpt", "SeedOpt", "SetOpt", "SpecArg"]
+__all__ = ["MAX_SEED", "ForceOpt", "JsonOpt", "SeedOpt", "SetOpt", "SpecArg"]
+
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; keep them within a signed int64
 
 SpecArg = Annotated[
     Path,
@@ -35,7 +37,12 @@ JsonOpt = Annotated[
 ]
 SeedOpt = Annotated[
     int,
-    typer.Option("--seed", min=0, help="Random seed; the same seed gives the same tensors."),
+    typer.Option(
+        "--seed",
+        min=0,
+        max=MAX_SEED,
+        help="Random seed; the same seed gives the same tensors.",
+    ),
 ]
 ForceOpt = Annotated[
     bool,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from morphspec.checkpoint.output import check_target, write_text_atomic
+from morphspec.cli.options import ForceOpt
 from morphspec.cli.output import Output
 
 __all__ = ["EXAMPLES", "schema"]
@@ -24,13 +27,29 @@ OutOpt = Annotated[
 ]
 
 
-def schema(output: OutOpt = None) -> None:
-    """Print the JSON Schema (draft-07) of spec files, as YAML language servers read it."""
+def schema(output: OutOpt = None, force: ForceOpt = False) -> None:
+    """Print the JSON Schema (draft-07) of spec files, as YAML language servers read it.
+
+    With -o, an existing JSON Schema is replaced (to regenerate it); any other existing
+    file only with --force. The file is written whole or not at all."""
     from morphspec.spec.schema import schema_text
 
     text = schema_text()
     if output is None:
         typer.echo(text, nl=False)
         return
-    output.write_text(text, encoding="utf-8")
+    check_target(output, force=force or _is_schema(output))
+    write_text_atomic(output, text)
     Output().talk(f"wrote {output}")
+
+
+def _is_schema(path: Path) -> bool:
+    """An existing regular file holding a JSON Schema (an object with "$schema")."""
+    if not path.is_file():
+        return False
+    try:
+        with path.open("rb") as f:
+            doc = json.loads(f.read(1 << 22))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and "$schema" in doc

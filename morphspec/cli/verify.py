@@ -66,16 +66,12 @@ def verify(
     """Build both models, feed both the same seeded inputs and report max_abs_err and
     rel_err = max|s - t| / max|t| in eval mode (running statistics) and in train mode
     (batch statistics, dropout off). Exit 3 when either rel_err exceeds --rtol."""
-    from morphspec.api import load
-    from morphspec.drift import drift_ratio
-    from morphspec.verify import compare, sample_inputs
+    from morphspec.verify import verify_modes
 
     out = Output(as_json)
     teacher = resolve(load_spec(teacher_spec, teacher_set))
     student = resolve(load_spec(student_spec, student_set))
-    t_model, s_model = load(teacher, teacher_ckpt), load(student, student_ckpt)
-    inputs = sample_inputs(teacher, samples, seed)
-    results = [compare(t_model, s_model, inputs, rtol, seed, mode) for mode in ("eval", "train")]
+    results = verify_modes(teacher, teacher_ckpt, student, student_ckpt, samples, seed, rtol)
     data: dict[str, Any] = {"verification": results[0].to_json(), "train": results[1].to_json()}
     text = (
         "; ".join(
@@ -84,6 +80,10 @@ def verify(
         + f" (rtol {rtol:g}, {samples} samples, seed {seed})"
     )
     if train_steps:
+        from morphspec.api import load
+        from morphspec.drift import drift_ratio
+
+        t_model, s_model = load(teacher, teacher_ckpt), load(student, student_ckpt)
         drift = drift_ratio(
             t_model, s_model, teacher, steps=train_steps, optimizer=optimizer, lr=lr, seed=seed
         )

@@ -35,10 +35,15 @@ class OptionInfo:
     flag: str
     help: str
     min: float | None = None
+    max: float | None = None
+    finite: bool = False
+    """Refuse inf and nan (a non-finite scale only makes a non-finite student)."""
 
 
-def _cli(flag: str, help: str, min: float | None = None) -> dict[str, OptionInfo]:
-    return {"cli": OptionInfo(flag, help, min)}
+def _cli(
+    flag: str, help: str, min: float | None = None, max: float | None = None, finite: bool = False
+) -> dict[str, OptionInfo]:
+    return {"cli": OptionInfo(flag, help, min, max, finite)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,11 +60,15 @@ class GrowOptions:
     )
     init_scale: float = field(
         default=1.0,
-        metadata=_cli("--init-scale", "Multiplies the scale of free parameters.", min=0.0),
+        metadata=_cli(
+            "--init-scale", "Multiplies the scale of free parameters.", min=0.0, finite=True
+        ),
     )
     seed: int = field(
         default=0,
-        metadata=_cli("--seed", "Random seed; the same seed gives the same tensors.", min=0),
+        metadata=_cli(
+            "--seed", "Random seed; the same seed gives the same tensors.", min=0, max=2**63 - 1
+        ),
     )
     noise: float = field(
         default=0.0,
@@ -67,6 +76,7 @@ class GrowOptions:
             "--noise",
             "Symmetry-breaking noise of this relative size, placed where it keeps the function.",
             min=0.0,
+            finite=True,
         ),
     )
     netmorph_zero: NetmorphZero = field(
@@ -94,7 +104,8 @@ class GrowOptions:
         metadata=_cli("--rtol", "Pass when max|s-t| / max|t| is at most this.", min=0.0),
     )
     samples: int = field(
-        default=DEFAULT_SAMPLES, metadata=_cli("--samples", "Inputs to compare on.", min=1)
+        default=DEFAULT_SAMPLES,
+        metadata=_cli("--samples", "Inputs to compare on.", min=1, max=100_000),
     )
 
 

@@ -13,13 +13,14 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 
-__all__ = ["ExprError", "Number", "evaluate"]
+__all__ = ["ExprError", "Number", "check_number", "evaluate", "names_in"]
 
 Number = int | float
 
 MAX_LENGTH = 500
 MAX_MAGNITUDE = 1e18
 MAX_EXPONENT = 64
+MAX_DIGITS = 30  # round(x, n): |n| beyond this is no rounding at all, and 10**n is slow
 
 
 class ExprError(ValueError):
@@ -27,7 +28,13 @@ class ExprError(ValueError):
 
 
 def _round(x: Number, ndigits: Number | None = None) -> Number:
-    return round(x) if ndigits is None else round(x, int(ndigits))
+    if ndigits is None:
+        return round(x)
+    if not float(ndigits).is_integer():
+        raise ExprError(f"round(): the digits must be an integer, got {ndigits}")
+    if abs(ndigits) > MAX_DIGITS:
+        raise ExprError(f"round(): {ndigits} digits is beyond the limit of ±{MAX_DIGITS}")
+    return round(x, int(ndigits))
 
 
 FUNCTIONS: dict[str, Callable[..., Number]] = {
@@ -62,6 +69,23 @@ def evaluate(text: str, env: Mapping[str, Number]) -> Number:
         return _check(_eval(tree.body, env))
     except RecursionError:
         raise ExprError(f"expression '{text}' is nested too deeply") from None
+
+
+def names_in(text: str) -> list[str]:
+    """The names an expression uses (empty when it does not parse), for error messages."""
+    try:
+        tree = ast.parse(str(text).strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError):
+        return []
+    return sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)})
+
+
+def check_number(value: Number) -> Number:
+    """A plain number from YAML or --set, held to the bounds of expression results."""
+    try:
+        return _check(value)
+    except OverflowError:
+        raise ExprError("number too large") from None
 
 
 def _check(value: Number) -> Number:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,14 @@ import yaml
 from pydantic import ValidationError
 
 from morphspec.errors import Mark, Problem, SpecError, closest
+from morphspec.spec.expr import ExprError, check_number
 from morphspec.spec.models import Spec, model_for
 from morphspec.spec.normalize import normalize
 from morphspec.spec.yamlpos import Loc, Located, load_yaml
 
 __all__ = ["load_spec", "parse_set"]
 
+MAX_EXTENDS = 32  # files in one `extends` chain: deeper is a mistake, not a design
 SetArg = Mapping[str, Any] | list[str] | tuple[str, ...] | None
 
 
@@ -34,11 +37,38 @@ def parse_set(items: SetArg) -> dict[str, int | float]:
             pairs.append((name.strip(), text.strip()))
     out: dict[str, int | float] = {}
     for name, raw in pairs:
-        value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+        value = _number(raw) if isinstance(raw, str) else raw
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SpecError(f"--set {name}={raw}: the value must be a number")
-        out[name] = value
+            shown = raw if len(str(raw)) <= 40 else f"{str(raw)[:37]}..."
+            raise SpecError(
+                f"--set {name}={shown}: the value must be a number such as 64, 0.25 or 1e-3"
+            )
+        try:
+            out[name] = check_number(value)
+        except ExprError as exc:
+            raise SpecError(f"--set {name}={raw}: {exc}") from None
     return out
+
+
+def _number(text: str) -> int | float | None:
+    """An int or finite float written as YAML or Python would (`64`, `0.25`, `1e-1`, `1_000`),
+    else None. Parsed with the safe loader only: no tags, nothing constructed."""
+    try:
+        value = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):  # YAML 1.1 reads 1e-1 (no dot) as a string
+        for parse in (int, float):
+            try:
+                number = parse(value)
+            except ValueError:
+                continue
+            return number if math.isfinite(number) else None
+    return None
 
 
 def load_spec(path: str | Path, set: SetArg = None) -> Spec:
@@ -64,6 +94,8 @@ def load_spec(path: str | Path, set: SetArg = None) -> Spec:
         raise SpecError([_problem(doc, err) for err in _useful(doc, exc.errors())]) from None
     spec._source = doc
     spec._path = str(path)
+    spec._files = list(doc.files)
+    spec._overridden = frozenset(overrides)
     return spec
 
 
@@ -85,6 +117,11 @@ def _load_merged(path: Path, chain: list[Path]) -> Located:
             " the path is relative to this spec)",
             doc.mark(("extends",)),
         )
+    if len(chain) >= MAX_EXTENDS:
+        raise SpecError(
+            f"'extends' chains more than {MAX_EXTENDS} files; merge some of them",
+            doc.mark(("extends",)),
+        )
     if parent_path.resolve() in (*chain, resolved):
         cycle = " -> ".join(str(p) for p in [*chain, resolved, parent_path.resolve()])
         raise SpecError(f"'extends' forms a cycle: {cycle}", doc.mark(("extends",)))
@@ -95,7 +132,8 @@ def _load_merged(path: Path, chain: list[Path]) -> Located:
 def _merge(parent: Located, child: Located) -> Located:
     """Child keys override the parent's; `vars` and `blocks` merge name by name."""
     data = dict(parent.data)
-    out = Located(data, child.file, dict(parent.values), dict(parent.keys))
+    files = [*child.files, *parent.files]
+    out = Located(data, child.file, dict(parent.values), dict(parent.keys), files)
 
     def take(loc: Loc) -> None:
         for table, own in ((out.values, child.values), (out.keys, child.keys)):

@@ -251,7 +251,9 @@ class BlockDef(BaseModel):
 
 class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    shape: list[int] = Field(description="one sample, batch dimension left out")
+    shape: list[Num] = Field(
+        description="one sample, batch dimension left out; sizes may be expressions over vars"
+    )
     dtype: Literal["float32", "int64"] = "float32"
 
 
@@ -267,11 +269,23 @@ class Spec(BaseModel):
     body: list[Layer]
     _source: Any = PrivateAttr(None)  # spec.yamlpos.Located, set by load_spec
     _path: str = PrivateAttr("<spec>")
+    _files: list[str] = PrivateAttr(default_factory=list)
+    _overridden: frozenset[str] = PrivateAttr(frozenset())
 
     @property
     def path(self) -> str:
         """The file this spec was read from (its label in error messages)."""
         return self._path
+
+    @property
+    def overridden(self) -> frozenset[str]:
+        """The vars whose values came from --set rather than from a file."""
+        return self._overridden
+
+    @property
+    def files(self) -> list[str]:
+        """Every file read to make this spec: the spec, then its `extends` bases."""
+        return list(self._files)
 
     def mark(self, loc: tuple[str | int, ...], key: bool = False) -> Mark:
         """The YAML place of the value (or key) at `loc`, for error messages."""

@@ -21,7 +21,7 @@ def normalize(doc: Located) -> Located:
     """A new Located whose data is in the fully spelled form."""
     if not isinstance(doc.data, dict):
         raise SpecError("a spec is a mapping that starts with 'morphspec: 1'", doc.mark(()))
-    out = Located({}, doc.file)
+    out = Located({}, doc.file, files=list(doc.files))
     _move(doc, (), out, ())
     data: dict[str, Any] = {}
     for key, value in doc.data.items():

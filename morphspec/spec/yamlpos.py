@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from morphspec.errors import Mark, SpecError
+from morphspec.spec.limits import MAX_SPEC_BYTES, MAX_YAML_VALUES, limit, over
 
 __all__ = ["Loc", "Located", "load_yaml"]
 
@@ -29,6 +30,7 @@ class Located:
     file: str
     values: dict[Loc, Mark] = field(default_factory=dict)
     keys: dict[Loc, Mark] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)  # every file read: this one, its bases
 
     def mark(self, loc: Loc, key: bool = False) -> Mark:
         """The mark of `loc`, or of its nearest ancestor that has one."""
@@ -48,11 +50,18 @@ def load_yaml(path: Path, label: str | None = None) -> Located:
     """Read `path` into a Located document; syntax errors become SpecError with a place."""
     label = label or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_spec(path, label)
     except FileNotFoundError:
         raise SpecError(f"file not found: {label}", Mark(label)) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise SpecError(
+            f"{label} is not UTF-8 text (is it a checkpoint?); give a spec file", Mark(label)
+        ) from None
+    except OSError as exc:
         raise SpecError(f"cannot read {label}: {exc}", Mark(label)) from None
+    bad = _control_byte(text, label)
+    if bad is not None:
+        raise bad
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -60,7 +69,7 @@ def load_yaml(path: Path, label: str | None = None) -> Located:
             raise SpecError(
                 "the file is empty; a spec starts with 'morphspec: 1'", Mark(label, 1, 1)
             )
-        out = Located(None, label)
+        out = Located(None, label, files=[str(path)])
         out.data = _construct(loader, node, (), out)
         return out
     except RecursionError:
@@ -77,8 +86,50 @@ def load_yaml(path: Path, label: str | None = None) -> Located:
         loader.dispose()
 
 
+def _read_spec(path: Path, label: str) -> str:
+    """The file's text; a FIFO, device or folder (`/dev/zero` never ends) and files beyond
+    MAX_SPEC_BYTES are refused before they are read."""
+    if path.exists() and not path.is_file():
+        raise SpecError(f"{label} is not a regular file; give a spec file", Mark(label))
+    cap = limit(MAX_SPEC_BYTES)
+    with path.open("rb") as f:
+        raw = f.read(cap + 1)
+    if len(raw) > cap:
+        raise SpecError(over(MAX_SPEC_BYTES, "the file's size"), Mark(label))
+    return raw.decode("utf-8")
+
+
+def _control_byte(text: str, label: str) -> SpecError | None:
+    """A located error for the first character YAML forbids (BEL, NUL, other C0 controls
+    but tab, CR and LF, DEL, C1 controls, surrogates): PyYAML's own error has no place."""
+    for i, ch in enumerate(text):
+        code = ord(ch)
+        allowed = (
+            ch in "\t\n\r"
+            or 0x20 <= code <= 0x7E
+            or code == 0x85
+            or 0xA0 <= code <= 0xD7FF
+            or 0xE000 <= code <= 0xFFFD
+            or code >= 0x10000
+        )
+        if not allowed:
+            line = text.count("\n", 0, i) + 1
+            col = i - (text.rfind("\n", 0, i) + 1) + 1
+            return SpecError(
+                f"control character U+{code:04X} is not allowed in a spec; delete it",
+                Mark(label, line, col),
+            )
+    return None
+
+
 def _construct(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, out: Located) -> Any:
     out.values[loc] = _mark(out.file, node)
+    if len(out.values) > limit(MAX_YAML_VALUES):
+        raise SpecError(
+            over(MAX_YAML_VALUES, "the number of YAML values, counting each alias (*name) as a"
+                 " copy of its anchor's content,"),
+            out.values[loc],
+        )  # fmt: skip
     if len(loc) > MAX_DEPTH:
         raise SpecError(
             f"the YAML nests more than {MAX_DEPTH} levels deep here; flatten the spec"
@@ -89,7 +140,9 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, out: Located)
         loader.flatten_mapping(node)
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SpecError("mapping keys must be names", _mark(out.file, key_node))
+            key = _construct(loader, key_node, (*loc, "<key>"), out)
             if not isinstance(key, str | int):
                 raise SpecError("mapping keys must be names", _mark(out.file, key_node))
             if key in result:
@@ -99,4 +152,7 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, out: Located)
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_construct(loader, item, (*loc, i), out) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    try:
+        return loader.construct_object(node, deep=True)
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of 5000 digits
+        raise SpecError(f"cannot read this value: {exc}".split(";")[0], out.values[loc]) from None

@@ -1,0 +1,82 @@
+"""A model whose weights live in the checkpoint until the layer that owns them runs.
+
+Verification used to build teacher and student whole, so checking a 2.2 GB student needed
+both models in memory. Here the model is built on the `meta` device (shapes, no storage);
+a pre-forward hook on each module that owns parameters or buffers reads them from the
+checkpoint (through its memory map, converted to the model's dtype where they differ)
+just before it runs, and a forward hook puts the meta placeholders back right after.
+Heap use is then about the largest layer plus activations, whatever the model's size.
+
+The values are those `load_state_dict` would copy in (the same dtype conversion), so the
+outputs are bit-identical to the fully loaded model's; a test checks that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from morphspec.arch import Arch
+from morphspec.checkpoint.reader import CheckpointReader
+
+__all__ = ["streamed_model"]
+
+
+@contextlib.contextmanager
+def streamed_model(arch: Arch, reader: CheckpointReader) -> Iterator[nn.Module]:
+    """The model of `arch` in eval mode, each layer's tensors read from `reader` only while
+    that layer runs. Keys and shapes must have been checked (`check_keys`) beforehand."""
+    from morphspec.builder import build_arch
+
+    with torch.device("meta"):
+        model = build_arch(arch)
+    model.eval()
+    handles = []
+    for prefix, module in model.named_modules():
+        own = [n for n, _ in module.named_parameters(recurse=False)]
+        own += [n for n, b in module.named_buffers(recurse=False) if b is not None]
+        if not own:
+            continue
+        layer = _Layer(module, prefix, own, reader)
+        handles.append(module.register_forward_pre_hook(layer.load))
+        handles.append(module.register_forward_hook(layer.release))
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _Layer:
+    """The tensors of one module: read in before its forward, dropped after it."""
+
+    def __init__(
+        self, module: nn.Module, prefix: str, names: list[str], reader: CheckpointReader
+    ) -> None:
+        self.module = module
+        self.keys = {n: f"{prefix}.{n}" if prefix else n for n in names}
+        self.reader = reader
+        self.meta = {n: self._get(n) for n in names}
+
+    def _get(self, name: str) -> torch.Tensor:
+        found = self.module._parameters.get(name)
+        return found if found is not None else self.module._buffers[name]  # type: ignore[return-value]
+
+    def _set(self, name: str, value: torch.Tensor) -> None:
+        if name in self.module._parameters:
+            self.module._parameters[name] = nn.Parameter(value, requires_grad=False)
+        else:
+            self.module._buffers[name] = value
+
+    def load(self, module: nn.Module, args: Any) -> None:
+        for name, key in self.keys.items():
+            stored = self.reader.get(key, copy=False)
+            self._set(name, stored.to(self.meta[name].dtype))
+
+    def release(self, module: nn.Module, args: Any, output: Any) -> None:
+        for name, placeholder in self.meta.items():
+            self._set(name, placeholder)

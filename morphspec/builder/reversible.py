@@ -213,23 +213,30 @@ class _Recompute(torch.autograd.Function):
         else:
             state = (saved[0], saved[1])
             grads = (torch.zeros_like(grad_out), grad_out)
-        per_step: list[tuple[Tensor, ...]] = []
+        per_step: list[tuple[Tensor | None, ...]] = []
         for step in reversed(unit.steps):
             with torch.no_grad():
                 prev = step.inverse(state)
             params = tuple(step.parameters())
+            wanted = tuple(p for p in params if p.requires_grad)  # frozen ones get None
             with torch.enable_grad():
                 inp = (prev[0].detach().requires_grad_(), prev[1].detach().requires_grad_())
                 out = step(inp)
-                got = torch.autograd.grad(out, (*inp, *params), grads, allow_unused=True)
-            filled = [g if g is not None else torch.zeros_like(t)
-                      for g, t in zip(got, (*inp, *params), strict=True)]  # fmt: skip
-            grads = (filled[0], filled[1])
-            per_step.append(tuple(filled[2:]))
+                got = torch.autograd.grad(out, (*inp, *wanted), grads, allow_unused=True)
+            grads = (_or_zeros(got[0], inp[0]), _or_zeros(got[1], inp[1]))
+            by_param = dict(zip(map(id, wanted), got[2:], strict=True))
+            per_step.append(tuple(
+                _or_zeros(by_param[id(p)], p) if p.requires_grad else None for p in params
+            ))  # fmt: skip
             state = prev
         param_grads = [g for step_grads in reversed(per_step) for g in step_grads]
         needs_x = ctx.needs_input_grad[1]  # type: ignore[attr-defined]
         return (None, unit.input_grad(grads) if needs_x else None, *param_grads)
+
+
+def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
+    """An unused input (the first two-step step ignores U[-1]) has a zero gradient."""
+    return grad if grad is not None else torch.zeros_like(like)
 
 
 def weight_smoothness(model: nn.Module) -> Tensor:

@@ -221,10 +221,11 @@ def _reversible(kind: str) -> Rule:
         inner = c // 2 if kind == "hamiltonian" else c
         pairs = (("k1", "b1"), ("k2", "b2")) if kind == "hamiltonian" else (("k", "b"),)
         params: Shapes = {}
-        for step in range(a["steps"]):
-            for kernel, bias in pairs:
-                params[f"{step}.{kernel}.weight"] = (hid, inner, k, k)
+        for step in range(a["steps"]):  # torch's order: a step's own biases, then its Ks
+            for _, bias in pairs:
                 params[f"{step}.{bias}"] = (hid,)
+            for kernel, _ in pairs:
+                params[f"{step}.{kernel}.weight"] = (hid, inner, k, k)
         per_pair = 2 * 2 * hid * inner * k * k * h * w  # K and its transpose
         return x, params, a["steps"] * len(pairs) * per_pair
 

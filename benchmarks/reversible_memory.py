@@ -47,7 +47,8 @@ def _spec_text(kind: str, steps: int, memory: str, width: int) -> str:
             return (f"  - repeat: {{name: {name}, times: {steps}, body: [{{residual: {{body: ["
                     f"{{conv: {{out: {c}, kernel: 3, padding: 1}}}}, relu, "
                     f"{{conv: {{out: {c}, kernel: 3, padding: 1}}}}]}}}}]}}\n")  # fmt: skip
-        return f"  - {kind}: {{name: {name}, steps: {steps}, hidden: {c}, h: 0.1, memory: {memory}}}\n"
+        args = f"name: {name}, steps: {steps}, hidden: {c}, h: 0.1, memory: {memory}"
+        return f"  - {kind}: {{{args}}}\n"
 
     w = width
     return (

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from yaml_marks import where
 
 from morphspec import build, load_spec, resolve
 from morphspec.builder import weight_smoothness
 from morphspec.builder.reversible import ReversibleUnit
 from morphspec.errors import SpecError
-from yaml_marks import where
 
 HEAD = "morphspec: 1\nname: t\n"
 KINDS = ("hamiltonian", "midpoint", "leapfrog")

@@ -22,7 +22,7 @@ def network(tmp_path: Path, kind: str, memory: str, steps: int = 8, stem: bool =
     """3 units with channel pads and average pooling between, as in the report."""
     unit = f"{{steps: {steps}, hidden: 6, h: 0.2, memory: {memory}}}"
     text = (
-        f"morphspec: 1\nname: t\ninput: {{shape: [4, 8, 8]}}\nbody:\n"
+        "morphspec: 1\nname: t\ninput: {shape: [4, 8, 8]}\nbody:\n"
         + ("  - conv: {name: stem, out: 4, kernel: 3, padding: 1}\n" if stem else "")
         + f"  - {kind}: {unit}\n  - channel_pad: {{out: 6}}\n  - avgpool: {{kernel: 2}}\n"
         f"  - {kind}: {unit}\n  - channel_pad: {{out: 8}}\n  - avgpool: {{kernel: 2}}\n"
@@ -34,7 +34,9 @@ def network(tmp_path: Path, kind: str, memory: str, steps: int = 8, stem: bool =
     return build(path)
 
 
-def pair(tmp_path: Path, kind: str, dtype: torch.dtype, **kw: object) -> tuple[nn.Module, nn.Module]:
+def pair(
+    tmp_path: Path, kind: str, dtype: torch.dtype, **kw: object
+) -> tuple[nn.Module, nn.Module]:
     store = network(tmp_path, kind, "store", **kw).to(dtype)  # type: ignore[arg-type]
     recompute = network(tmp_path, kind, "recompute", **kw).to(dtype)  # type: ignore[arg-type]
     recompute.load_state_dict(store.state_dict())
@@ -113,7 +115,7 @@ def test_no_grad_forward_and_frozen_parameters(tmp_path: Path, kind: str) -> Non
     assert_equal_grads(ga, gb, 1e-10)
 
 
-def float32_drift(tmp_path: Path, kind: str, steps: int) -> float:
+def float32_drift(tmp_path: Path, kind: str, steps: int) -> tuple[float, float]:
     """Largest relative gradient error of float32 recompute against float64 plain autograd,
     minus that of float32 store (what recomputation adds to float32's own round-off)."""
     store64, _ = pair(tmp_path, kind, torch.float64, steps=steps, stem=False)
@@ -127,7 +129,7 @@ def float32_drift(tmp_path: Path, kind: str, steps: int) -> float:
         return max(((got[k].double() - truth[k]).abs().max() / truth[k].abs().max()).item()
                    for k in truth)  # fmt: skip
 
-    return worst(recompute32), worst(store32)  # type: ignore[return-value]
+    return worst(recompute32), worst(store32)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -27,6 +27,7 @@ that single step. Memory is O(1) in `steps`, at the cost of one more forward per
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -248,7 +249,7 @@ def weight_smoothness(model: nn.Module) -> Tensor:
         if not isinstance(unit, ReversibleUnit):
             continue
         steps = unit.steps
-        for before, after in zip(steps, steps[1:], strict=False):
+        for before, after in itertools.pairwise(steps):
             for a, b in zip(before.parameters(), after.parameters(), strict=True):
                 term = (b - a).pow(2).sum()
                 total = term if total is None else total + term

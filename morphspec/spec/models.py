@@ -203,8 +203,8 @@ class BlockCall(BaseModel):
 
 _KINDS: dict[str, type[BaseModel]] = {}
 for _model in (Linear, Conv, BatchNorm, LayerNorm, RMSNorm, Act, LeakyRelu, Pool, Reshape,
-               Dropout, ChannelPad, Embedding, PositionEmbedding, Attention, Mlp, Sequential, Residual,
-               Repeat, Reversible):  # fmt: skip
+               Dropout, ChannelPad, Embedding, PositionEmbedding, Attention, Mlp, Sequential,
+               Residual, Repeat, Reversible):  # fmt: skip
     for _kind in _model.model_fields["op"].annotation.__args__:  # type: ignore[union-attr]
         _KINDS[_kind] = _model
 LAYER_KINDS: tuple[str, ...] = tuple(_KINDS)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -84,64 +85,127 @@ def _force(x: Tensor, kernel: _Kernel, bias: Tensor, act: nn.Module) -> Tensor:
                               padding=pad)  # fmt: skip
 
 
-class HamiltonianStep(nn.Module):
-    """One Verlet step of the two-layer Hamiltonian network on (Y, Z)."""
+@dataclass(frozen=True)
+class _Update:
+    """`state[target] = alpha·state[target] + beta·state[source] + gamma·f(state[source])`
+    with f = Kᵀσ(K · + b) of kernel `k` and bias `b` (attribute names of the step).
+
+    alpha = ±1 makes it invertible given the source, which it leaves unchanged:
+    `old = alpha·(new - beta·source - gamma·f(source))`. alpha = 0 (the two-step units'
+    first step, which ignores U[-1]) inverts to the placeholder the state starts with, the
+    source itself. Its vector-Jacobian product: g_target_old = alpha·g_target,
+    g_source += beta·g_target + (∂f/∂source)ᵀ(gamma·g_target).
+    """
+
+    target: int
+    source: int
+    alpha: float
+    beta: float
+    gamma: float
+    k: str
+    b: str
+
+
+class _Step(nn.Module):
+    """A step as a list of `_Update`s, then an optional swap of the two state slots."""
+
+    updates: tuple[_Update, ...] = ()
+    swap: bool = False
+
+    def __init__(self, act: str):
+        super().__init__()
+        self.act = activation(act)
+
+    def force(self, u: _Update, x: Tensor) -> Tensor:
+        return _force(x, getattr(self, u.k), getattr(self, u.b), self.act)
+
+    def forward(self, state: State) -> State:
+        s = list(state)
+        for u in self.updates:
+            src = s[u.source]
+            new = u.gamma * self.force(u, src)
+            if u.beta:
+                new = new + u.beta * src
+            if u.alpha:
+                new = new + u.alpha * s[u.target]
+            s[u.target] = new
+        return (s[1], s[0]) if self.swap else (s[0], s[1])
+
+    def inverse(self, state: State) -> State:
+        return self.reverse(state, None)[0]
+
+    def reverse(
+        self, state: State, grads: State | None
+    ) -> tuple[State, State | None, dict[int, Tensor]]:
+        """The step's input from its output and, when `grads` (of the output) are given, the
+        gradients of its input and of its parameters (by id), from one evaluation of each f:
+        the inverse needs f(source) anyway, so its graph also gives the vector-Jacobian product.
+        """
+        s = [state[1], state[0]] if self.swap else list(state)
+        g = None if grads is None else ([grads[1], grads[0]] if self.swap else list(grads))
+        param_grads: dict[int, Tensor] = {}
+        for u in reversed(self.updates):
+            src = s[u.source].detach()
+            if g is None:
+                f = self.force(u, src)
+            else:
+                params = [p for p in (getattr(self, u.k).weight, getattr(self, u.b))
+                          if p.requires_grad]  # fmt: skip
+                with torch.enable_grad():
+                    leaf = src.requires_grad_()
+                    f = self.force(u, leaf)
+                    got = torch.autograd.grad(f, (leaf, *params), u.gamma * g[u.target])
+                f = f.detach()
+                g_target = g[u.target]
+                g[u.source] = g[u.source] + got[0] + (u.beta * g_target if u.beta else 0)
+                g[u.target] = u.alpha * g_target if u.alpha else torch.zeros_like(g_target)
+                param_grads.update(zip(map(id, params), got[1:], strict=True))
+            if u.alpha:
+                old = s[u.target] - u.gamma * f
+                if u.beta:
+                    old = old - u.beta * src
+                s[u.target] = u.alpha * old
+            else:
+                s[u.target] = src
+        back = (s[0], s[1])
+        return back, None if g is None else (g[0], g[1]), param_grads
+
+
+class HamiltonianStep(_Step):
+    """One Verlet step on (Y, Z): `Y += h K1ᵀσ(K1 Z + b1)`, then `Z -= h K2ᵀσ(K2 Y + b2)`."""
 
     def __init__(self, half: int, hidden: int, kernel: int, h: float, act: str):
-        super().__init__()
+        super().__init__(act)
         fan_in = half * kernel * kernel
         self.k1, self.b1 = _Kernel(hidden, half, kernel), _bias(hidden, fan_in)
         self.k2, self.b2 = _Kernel(hidden, half, kernel), _bias(hidden, fan_in)
-        self.h = h
-        self.act = activation(act)
-
-    def forward(self, state: State) -> State:
-        y, z = state
-        y = y + self.h * _force(z, self.k1, self.b1, self.act)
-        z = z - self.h * _force(y, self.k2, self.b2, self.act)
-        return y, z
-
-    def inverse(self, state: State) -> State:
-        y, z = state
-        z = z + self.h * _force(y, self.k2, self.b2, self.act)
-        y = y - self.h * _force(z, self.k1, self.b1, self.act)
-        return y, z
+        self.updates = (_Update(0, 1, 1.0, 0.0, h, "k1", "b1"),
+                        _Update(1, 0, 1.0, 0.0, -h, "k2", "b2"))  # fmt: skip
 
 
-class TwoStep(nn.Module):
-    """One step of the midpoint or leapfrog scheme on (U[j-1], U[j]) -> (U[j], U[j+1])."""
+class TwoStep(_Step):
+    """One midpoint or leapfrog step, (U[j-1], U[j]) -> (U[j], U[j+1]): the new iterate is
+    written over U[j-1]'s slot, then the slots are swapped. With f = Kᵀσ(K U + b):
+    midpoint `U[j+1] = U[j-1] - 2h f(U[j])` (first: `U[0] - h f(U[0])`), leapfrog
+    `U[j+1] = -U[j-1] + 2U[j] - h² f(U[j])` (first: `U[0] - h²/2 f(U[0])`)."""
+
+    swap = True
 
     def __init__(self, scheme: str, first: bool, channels: int, hidden: int, kernel: int,
                  h: float, act: str):  # fmt: skip
-        super().__init__()
+        super().__init__(act)
         self.k, self.b = _Kernel(hidden, channels, kernel), _bias(hidden, channels * kernel**2)
-        self.scheme, self.first, self.h = scheme, first, h
-        self.act = activation(act)
-
-    def forward(self, state: State) -> State:
-        prev, cur = state
-        f = _force(cur, self.k, self.b, self.act)
-        h = self.h
-        if self.scheme == "midpoint":
-            nxt = cur - h * f if self.first else prev - 2 * h * f
+        if scheme == "midpoint":
+            coef = (0.0, 1.0, -h) if first else (1.0, 0.0, -2 * h)
         else:
-            nxt = cur - (h * h / 2) * f if self.first else 2 * cur - prev - (h * h) * f
-        return cur, nxt
-
-    def inverse(self, state: State) -> State:
-        cur, nxt = state
-        if self.first:
-            return cur, cur
-        f = _force(cur, self.k, self.b, self.act)
-        if self.scheme == "midpoint":
-            return nxt + 2 * self.h * f, cur
-        return 2 * cur - nxt - (self.h * self.h) * f, cur
+            coef = (0.0, 1.0, -h * h / 2) if first else (-1.0, 2.0, -h * h)
+        self.updates = (_Update(0, 1, *coef, "k", "b"),)
 
 
 class ReversibleUnit(nn.Module):
     """`steps` steps as children `0 … steps-1`; `recompute` backward rebuilds their inputs."""
 
-    def __init__(self, kind: str, steps: Sequence[nn.Module], recompute: bool):
+    def __init__(self, kind: str, steps: Sequence[_Step], recompute: bool):
         super().__init__()
         self.kind = kind
         self.recompute = recompute
@@ -149,7 +213,7 @@ class ReversibleUnit(nn.Module):
             self.add_module(str(j), step)
 
     @property
-    def steps(self) -> list[HamiltonianStep | TwoStep]:
+    def steps(self) -> list[_Step]:
         return list(self.children())  # type: ignore[arg-type]
 
     # (Y, Z) <-> tensors: see the module docstring
@@ -207,37 +271,24 @@ class _Recompute(torch.autograd.Function):
     ]:  # fmt: skip
         unit: ReversibleUnit = ctx.unit  # type: ignore[attr-defined]
         saved = ctx.saved_tensors  # type: ignore[attr-defined]
+        grads: State
         if unit.kind == "hamiltonian":
             state = unit.initial_state(saved[0])
             gy, gz = grad_out.chunk(2, dim=1)
-            grads: State = (gy, gz)
+            grads = (gy, gz)
         else:
             state = (saved[0], saved[1])
             grads = (torch.zeros_like(grad_out), grad_out)
-        per_step: list[tuple[Tensor | None, ...]] = []
-        for step in reversed(unit.steps):
-            with torch.no_grad():
-                prev = step.inverse(state)
-            params = tuple(step.parameters())
-            wanted = tuple(p for p in params if p.requires_grad)  # frozen ones get None
-            with torch.enable_grad():
-                inp = (prev[0].detach().requires_grad_(), prev[1].detach().requires_grad_())
-                out = step(inp)
-                got = torch.autograd.grad(out, (*inp, *wanted), grads, allow_unused=True)
-            grads = (_or_zeros(got[0], inp[0]), _or_zeros(got[1], inp[1]))
-            by_param = dict(zip(map(id, wanted), got[2:], strict=True))
-            per_step.append(tuple(
-                _or_zeros(by_param[id(p)], p) if p.requires_grad else None for p in params
-            ))  # fmt: skip
-            state = prev
-        param_grads = [g for step_grads in reversed(per_step) for g in step_grads]
+        by_param: dict[int, Tensor] = {}
+        with torch.no_grad():
+            for step in reversed(unit.steps):
+                state, step_grads, got = step.reverse(state, grads)
+                assert step_grads is not None
+                grads = step_grads
+                by_param.update(got)
+        param_grads = [by_param.get(id(p)) for p in unit.parameters()]
         needs_x = ctx.needs_input_grad[1]  # type: ignore[attr-defined]
         return (None, unit.input_grad(grads) if needs_x else None, *param_grads)
-
-
-def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
-    """An unused input (the first two-step step ignores U[-1]) has a zero gradient."""
-    return grad if grad is not None else torch.zeros_like(like)
 
 
 def weight_smoothness(model: nn.Module) -> Tensor:

@@ -15,8 +15,9 @@ run's allocator state cannot leak into the next:
   wall time after synchronising.
 
 Rows: the three units in both memory modes; `residual`, plain residual blocks of the same
-width (`x + conv(relu(conv(x)))`, W -> W -> W, so the same FLOPs per step as one hamiltonian
-half-update pair... see docs/reversible.md) under ordinary autograd; and, when `memcnn`
+width (`x + conv(relu(conv(x)))`, W -> W -> W: the FLOPs of one hamiltonian
+step, whose 4 convolutions are W/2 -> W -> W/2 twice, with twice its parameters as
+Kᵀ shares K's weight) under ordinary autograd; and, when `memcnn`
 imports, `memcnn-additive`: memcnn's AdditiveCoupling with the same residual function
 Kᵀσ(K x + b), wrapped in InvertibleModuleWrapper (its memory-saving mode).
 

@@ -19,10 +19,16 @@ exact bijection on the unit's *state*, which is a pair of tensors (Y, Z):
   Inverse of a regular step, from (U[j], U[j+1]): midpoint `U[j-1] = U[j+1] + 2h f(U[j])`,
   leapfrog `U[j-1] = 2U[j] - U[j+1] - h² f(U[j])`; the first step's inverse is (U[0], U[0]).
 
+  SPEC.md's first steps need a single initial iterate, so the two-step units do not split
+  their input's channels: splitting it into (U[j-1], U[j]) would leave the first step
+  undefined. (The report's leapfrog first case, `2Y_1 - h²…`, is a slip: with zero initial
+  velocity U[-1] = U[1], which gives SPEC.md's `U[0] - h²/2 f(U[0])`.)
+
 `memory: recompute` wraps the whole unit in one autograd Function that saves only its final
 state (hamiltonian: the output; two-step units: the output U[N] and U[N-1]) and, during the
-backward pass, runs the steps backwards to rebuild each step's input, then differentiates
-that single step. Memory is O(1) in `steps`, at the cost of one more forward per step.
+backward pass, runs the steps backwards: each force f(source) evaluated to undo an update
+also gives, through its graph, that update's vector-Jacobian product (`_Step.reverse`).
+Memory is O(1) in `steps`, at the cost of one more evaluation of each force per step.
 """
 
 from __future__ import annotations

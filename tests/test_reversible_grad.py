@@ -150,3 +150,20 @@ if __name__ == "__main__":  # the float32 drift table of docs/reversible.md
             for steps in (4, 16, 64, 128):
                 r, s = float32_drift(Path(tmp), kind, steps)
                 print(f"| {kind} | {steps} | {r:.1e} | {s:.1e} |")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_recompute_saves_only_the_final_state(tmp_path: Path, kind: str) -> None:
+    """The memory claim, structurally: one graph node per unit, holding the output (and, for
+    the two-step units, U[N-1]), whatever the number of steps."""
+    _, recompute = pair(tmp_path, kind, torch.float64, steps=5, stem=False)
+    unit = recompute.get_submodule("0")
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    out = unit(x)
+    node = out.grad_fn
+    assert type(node).__name__ == "_RecomputeBackward"
+    saved = node.saved_tensors  # type: ignore[union-attr]
+    assert len(saved) == (1 if kind == "hamiltonian" else 2)
+    assert saved[-1].data_ptr() == out.data_ptr()
+    # the only edges lead to the input and the parameters (no per-step graph)
+    assert len(node.next_functions) == 1 + len(list(unit.parameters()))  # type: ignore[union-attr]

@@ -37,6 +37,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -316,13 +317,13 @@ def weight_smoothness(model: nn.Module) -> Tensor:
     return total
 
 
-def build_unit(kind: str, args: dict[str, object], channels: int) -> ReversibleUnit:
+def build_unit(kind: str, args: dict[str, Any], channels: int) -> ReversibleUnit:
     """The unit of a resolved node's `args` on `channels` input channels."""
-    steps_n, hidden, kernel = int(args["steps"]), int(args["hidden"]), int(args["kernel"])  # type: ignore[call-overload]
-    h, act = float(args["h"]), str(args["act"])  # type: ignore[arg-type]
-    steps: list[nn.Module]
+    n, hidden, kernel = int(args["steps"]), int(args["hidden"]), int(args["kernel"])
+    h, act = float(args["h"]), str(args["act"])
+    steps: list[_Step]
     if kind == "hamiltonian":
-        steps = [HamiltonianStep(channels // 2, hidden, kernel, h, act) for _ in range(steps_n)]
+        steps = [HamiltonianStep(channels // 2, hidden, kernel, h, act) for _ in range(n)]
     else:
-        steps = [TwoStep(kind, j == 0, channels, hidden, kernel, h, act) for j in range(steps_n)]
+        steps = [TwoStep(kind, j == 0, channels, hidden, kernel, h, act) for j in range(n)]
     return ReversibleUnit(kind, steps, recompute=args["memory"] == "recompute")

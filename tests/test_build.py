@@ -13,7 +13,6 @@ import morphspec
 from morphspec import build, load_spec, resolve
 from morphspec.arch import Arch
 from morphspec.builder import BUILDERS
-from morphspec.errors import SpecError
 from morphspec.spec.models import LAYER_KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,19 +83,6 @@ def test_trainable_count_equals_the_built_model(example: str) -> None:
 
 def test_every_layer_kind_has_a_builder() -> None:
     assert set(BUILDERS) == set(LAYER_KINDS)
-
-
-@pytest.mark.parametrize("kind", ["hamiltonian", "midpoint", "leapfrog"])
-def test_reversible_units_resolve_but_refuse_to_build_with_their_place(
-    tmp_path: Path, kind: str
-) -> None:
-    path = spec_file(
-        tmp_path, f"input: {{shape: [4, 8, 8]}}\nbody:\n  - {kind}: {{steps: 2, hidden: 4}}\n"
-    )
-    arch = resolve(load_spec(path))
-    assert len(arch.state_shapes()) > 0
-    with pytest.raises(SpecError, match=f"^{path}:5:5: '{kind}' units validate and resolve"):
-        build(arch)
 
 
 def test_built_model_is_in_eval_mode_and_batchnorm_follows_the_rank(tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ from morphspec.cli.options import JsonOpt
 ENV = {"NO_COLOR": "1", "FORCE_COLOR": None, "COLUMNS": "200", "MORPH_DEBUG": None}
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples" / "specs").glob("*.yaml"))
-REVERSIBLE = {"hamiltonian", "midpoint", "leapfrog"}  # resolved, not built yet
 
 SMALL = """\
 morphspec: 1
@@ -92,9 +91,6 @@ def test_summary_counts_match_the_built_model(tmp_path: Path, text: str) -> None
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_summary_counts_match_examples(path: Path) -> None:
-    arch = morphspec.resolve(morphspec.load_spec(path))
-    if any(n.kind in REVERSIBLE for n in arch.nodes()):
-        pytest.skip("reversible units are not built yet")
     _check_summary_matches_model(path)
 
 

@@ -188,26 +188,46 @@ def _mlp(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
     return x, params, 2 * rows * dim * hidden * len(mats)
 
 
+def _channel_pad(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
+    if x.layout == "tokens":
+        raise ShapeError(f"gets token ids {x}; add an 'embedding' first")
+    if a["out"] < x.channels:
+        raise ShapeError(
+            f"pads channels, so 'out' must be at least the input's {x.channels}, got {a['out']}",
+            "out",
+        )
+    return x.with_channels(a["out"]), {}, 0
+
+
 def _reversible(kind: str) -> Rule:
+    """Keys per step (SPEC.md): hamiltonian `k1.weight b1 k2.weight b2`, each K mapping one
+    channel half to `hidden`; midpoint and leapfrog `k.weight b`, K mapping all channels."""
+
     def rule(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
         _need(x, kind, "image")
         c, h, w = x.dims
-        if c % 2:
+        if kind == "hamiltonian" and c % 2:
             raise ShapeError(
-                f"splits its input into two channel halves, so needs an even count, got {c}"
+                f"splits its input into two channel halves, so needs an even count, got {c};"
+                " put a 'channel_pad' before it"
             )
         if a["kernel"] % 2 == 0:
-            raise ShapeError(f"needs an odd kernel (same padding), got {a['kernel']}", "kernel")
-        half, k, hid = c // 2, a["kernel"], a["hidden"]
-        convs = ("k1", "k2") if kind == "hamiltonian" else ("k",)
+            raise ShapeError(
+                f"needs an odd kernel so that padding (kernel-1)/2 keeps the size,"
+                f" got {a['kernel']}",
+                "kernel",
+            )
+        k, hid = a["kernel"], a["hidden"]
+        inner = c // 2 if kind == "hamiltonian" else c
+        pairs = (("k1", "b1"), ("k2", "b2")) if kind == "hamiltonian" else (("k", "b"),)
         params: Shapes = {}
-        for step in range(a["steps"]):
-            for conv in convs:
-                inner = half if kind == "hamiltonian" else c
-                params[f"{step}.{conv}.weight"] = (hid, inner, k, k)
-                params[f"{step}.{conv}.bias"] = (hid,)
-        per_conv = 2 * 2 * hid * (half if kind == "hamiltonian" else c) * k * k * h * w
-        return x, params, a["steps"] * len(convs) * per_conv
+        for step in range(a["steps"]):  # torch's order: a step's own biases, then its Ks
+            for _, bias in pairs:
+                params[f"{step}.{bias}"] = (hid,)
+            for kernel, _ in pairs:
+                params[f"{step}.{kernel}.weight"] = (hid, inner, k, k)
+        per_pair = 2 * 2 * hid * inner * k * k * h * w  # K and its transpose
+        return x, params, a["steps"] * len(pairs) * per_pair
 
     return rule
 
@@ -226,6 +246,7 @@ RULES: dict[str, Rule] = {
     "position_embedding": _position,
     "attention": _attention,
     "mlp": _mlp,
+    "channel_pad": _channel_pad,
     "hamiltonian": _reversible("hamiltonian"),
     "midpoint": _reversible("midpoint"),
     "leapfrog": _reversible("leapfrog"),

@@ -13,7 +13,7 @@ from torch import nn
 
 from morphspec.arch.nodes import Arch, Node
 from morphspec.builder import layers as L
-from morphspec.errors import SpecError
+from morphspec.builder import reversible as R
 
 __all__ = ["BUILDERS", "build_arch", "build_node"]
 
@@ -35,14 +35,6 @@ def _attention(n: Node) -> nn.Module:
         n.inp.channels, a["heads"], a["head_dim"], a["kv_heads"],
         causal=a["causal"], bias=a["bias"], rope=a["rope"],
     )  # fmt: skip
-
-
-def _unbuilt(n: Node) -> nn.Module:
-    raise SpecError(
-        f"'{n.kind}' units validate and resolve, but morphspec cannot build them yet;"
-        " they arrive with the reversible-architectures work",
-        n.mark,
-    )
 
 
 def _children(n: Node) -> list[tuple[str, nn.Module]]:
@@ -85,9 +77,10 @@ BUILDERS: dict[str, Builder] = {
     "sequential": lambda n: L.Sequence(_children(n)),
     "repeat": lambda n: L.Sequence(_children(n)),
     "residual": _residual,
-    "hamiltonian": _unbuilt,
-    "midpoint": _unbuilt,
-    "leapfrog": _unbuilt,
+    "channel_pad": lambda n: R.ChannelPad(n.args["out"], channels_last=n.inp.layout != "image"),
+    "hamiltonian": lambda n: R.build_unit("hamiltonian", n.args, n.inp.channels),
+    "midpoint": lambda n: R.build_unit("midpoint", n.args, n.inp.channels),
+    "leapfrog": lambda n: R.build_unit("leapfrog", n.args, n.inp.channels),
 }
 for _kind in ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity"):
     BUILDERS[_kind] = _act(_kind)

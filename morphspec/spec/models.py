@@ -109,6 +109,11 @@ class Dropout(_Layer):
     p: Num = 0.5
 
 
+class ChannelPad(_Layer):
+    op: Literal["channel_pad"]
+    out: Num = Field(description="output channels, at least the input's; zeros fill the new ones")
+
+
 class Embedding(_Layer):
     op: Literal["embedding"]
     vocab: Num
@@ -198,8 +203,8 @@ class BlockCall(BaseModel):
 
 _KINDS: dict[str, type[BaseModel]] = {}
 for _model in (Linear, Conv, BatchNorm, LayerNorm, RMSNorm, Act, LeakyRelu, Pool, Reshape,
-               Dropout, Embedding, PositionEmbedding, Attention, Mlp, Sequential, Residual,
-               Repeat, Reversible):  # fmt: skip
+               Dropout, ChannelPad, Embedding, PositionEmbedding, Attention, Mlp, Sequential,
+               Residual, Repeat, Reversible):  # fmt: skip
     for _kind in _model.model_fields["op"].annotation.__args__:  # type: ignore[union-attr]
         _KINDS[_kind] = _model
 LAYER_KINDS: tuple[str, ...] = tuple(_KINDS)
@@ -226,6 +231,7 @@ Layer = Annotated[
         Annotated[Pool, Tag("Pool")],
         Annotated[Reshape, Tag("Reshape")],
         Annotated[Dropout, Tag("Dropout")],
+        Annotated[ChannelPad, Tag("ChannelPad")],
         Annotated[Embedding, Tag("Embedding")],
         Annotated[PositionEmbedding, Tag("PositionEmbedding")],
         Annotated[Attention, Tag("Attention")],

@@ -122,7 +122,8 @@ def grow(
     t_arch = _arch(teacher_spec, teacher_set)
     plan = diff(t_arch, _arch(student_spec, student_set))
     grower = prepare(plan, source, opts, _label(teacher_spec, t_arch))
-    check_finite_tensors(((k, source.get(k, copy=False)) for k in source.keys()), Mark(source.path))
+    tensors = ((k, source.get(k, copy=False)) for k in state)
+    check_finite_tensors(tensors, Mark(source.path))
     t_arch, s_arch = plan.teacher, plan.student
     device = next(iter(state.values())).device if state else torch.device("cpu")
     grown = {

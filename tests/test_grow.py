@@ -394,5 +394,5 @@ def test_a_non_finite_teacher_is_named(tmp_path: Path) -> None:
     teacher = morphspec.build(spec)
     with torch.no_grad():
         teacher.get_parameter("fc2.weight")[0, 0] = float("nan")
-    with pytest.raises(MorphError, match="not finite: tensor 'fc2.weight'"):
+    with pytest.raises(MorphError, match=r"not finite: tensor 'fc2\.weight'"):
         grow(teacher, spec, spec, student_set=["width=9"])

@@ -24,6 +24,7 @@ from morphspec.growth.apply import student_entries
 from morphspec.growth.families import FAMILIES, Family, GrowOptions, RescaleMode, make_family
 from morphspec.growth.init import InitMode
 from morphspec.growth.plan import Plan, diff
+from morphspec.interop.folder import open_checkpoint
 from morphspec.spec import load_spec
 from morphspec.spec.load import SetArg
 from morphspec.verify import Verification, verify_checkpoints
@@ -131,7 +132,7 @@ def convert(
         raise MorphError(f"unknown family '{family}'{closest(family, FAMILIES)}")
     options = GrowOptions(init, init_scale, seed, noise, netmorph_zero, rescale, allow_inexact)
     out = Path(output) if output is not None else default_output(student_spec, student)
-    with CheckpointReader(checkpoint) as reader:
+    with open_checkpoint(checkpoint, teacher) as reader:
         check_keys(reader, teacher.state_shapes(), str(teacher_spec))
         grower = make_family(family, plan, options, reader.get)
         _check_output(out, reader, force)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from morphspec.cli import convert, diff, families, init, schema, summary, validate, verify
+from morphspec.cli import convert, diff, families, hf, init, schema, summary, validate, verify
 from morphspec.cli.guard import guarded
 
 __all__ = ["app", "main"]
@@ -73,6 +73,8 @@ add("diff", diff.diff, diff.EXAMPLES, CHECKPOINTS)
 add("convert", convert.convert, convert.EXAMPLES, CHECKPOINTS)
 add("verify", verify.verify, verify.EXAMPLES, CHECKPOINTS)
 add("families", families.families, families.EXAMPLES, CHECKPOINTS)
+add("import-hf", hf.import_hf, hf.IMPORT_EXAMPLES, CHECKPOINTS)
+add("export-hf", hf.export_hf, hf.EXPORT_EXAMPLES, CHECKPOINTS)
 
 
 def _version(value: bool) -> None:

@@ -20,7 +20,7 @@ import morphspec
 from morphspec.checkpoint import TensorEntry
 from morphspec.cli.app import app
 from morphspec.errors import CheckpointError, MorphError
-from morphspec.interop import BY_MODEL_TYPE, FAMILIES, export_hf, import_hf
+from morphspec.interop import BY_MODEL_TYPE, FAMILIES, export_hf, import_hf, open_checkpoint
 from morphspec.interop.exporter import shard
 from morphspec.interop.importer import resolve_text, spec_text
 from morphspec.spec import models
@@ -137,6 +137,18 @@ def test_import_writes_a_spec_that_loads_the_folder_as_it_is(tmp_path: Path) -> 
     student = morphspec.resolve(morphspec.load_spec(tmp_path / "s.yaml"))
     assert student.spec.naming == "hf-llama"
     assert student.state_shapes()["model.layers.0.ffn.mlp.up_proj.weight"] == (20, 8)
+
+
+def test_tensors_read_from_a_folder_never_share_its_memory(tmp_path: Path) -> None:
+    """q, k and v are slices of one fused tensor: each read must be a copy of its own."""
+    folder, state = _folder(tmp_path, GPT2)
+    arch = _arch(GPT2, tmp_path)
+    with open_checkpoint(folder, arch) as reader:
+        for p in "qkv":
+            key = f"transformer.h.0.attn.{p}_proj.bias"
+            tensor = reader.get(key)
+            tensor.add_(1.0)
+            assert torch.equal(reader.get(key), state[key])
 
 
 def test_gpt2_folders_without_the_transformer_prefix_read_too(tmp_path: Path) -> None:

@@ -181,4 +181,5 @@ class HFFolder(CheckpointReader):
         g, j = self._where(key)
         whole = super().get(self._hf[g.hf], copy=False)
         part = g.from_hf(whole, [self._shapes[k] for k in g.morph])[j]
-        return part.clone() if part.data_ptr() == whole.data_ptr() else part
+        shared = part.untyped_storage().data_ptr() == whole.untyped_storage().data_ptr()
+        return part.clone() if shared else part

@@ -291,6 +291,10 @@ def test_export_round_trips_and_is_atomic(tmp_path: Path, monkeypatch: pytest.Mo
     assert all(torch.equal(again[k], state[k]) for k in state)
     with pytest.raises(MorphError, match="--force"):
         export_hf(tmp_path / "t.yaml", folder, out)
+    with pytest.raises(MorphError, match="never writes over its inputs"):
+        export_hf(tmp_path / "t.yaml", folder / "model.safetensors", folder, force=True)
+    # a file of the folder, given alone, reads through the key map too
+    assert morphspec.load(tmp_path / "t.yaml", folder / "model.safetensors") is not None
     # a failure while writing leaves neither a new folder nor a hidden one behind
     import morphspec.interop.exporter as exporter
 

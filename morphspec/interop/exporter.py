@@ -128,10 +128,13 @@ def shard(entries: list[TensorEntry], limit: int) -> list[list[TensorEntry]]:
 
 
 def _check_output(out: Path, inputs: list[Path], force: bool) -> None:
+    target = out.resolve()
     for p in inputs:
-        if out.exists() and p.exists() and out.resolve() == p.resolve():
+        if p.exists() and (p.resolve() == target or target in p.resolve().parents):
             raise MorphError(
-                f"the output {out} is an input folder; choose another -o", Mark(str(out))
+                f"the output {out} holds an input ({p}); morph never writes over its inputs:"
+                " choose another -o",
+                Mark(str(out)),
             )
     if out.exists() and not force:
         raise MorphError(

@@ -5,8 +5,9 @@ their index, all checked by the reader) that answers in the spec's keys: each ke
 is computed on demand from the folder's tensor by the family's `KeyMap` (a rename, a
 transpose, a slice of a fused tensor). Nothing is copied to disk, and every missing,
 unexpected or mis-shaped tensor is reported under the folder's own name before any
-tensor is read. `open_checkpoint` is what every command uses: it returns this view when
-the spec declares an HF `naming` and the path is a folder, else the plain reader.
+tensor is read. `open_checkpoint` is what every command uses: for a spec with an HF
+`naming` it returns this view, unless the checkpoint holds the spec's own keys (one that
+morph wrote); for a morphspec spec, the plain reader.
 """
 
 from __future__ import annotations
@@ -32,15 +33,21 @@ def open_checkpoint(path: str | os.PathLike[str], arch: Arch) -> CheckpointReade
     """The reader for `path` as `arch` names it: a view of an HF folder, or the file itself."""
     p = Path(path)
     naming = arch.spec.naming
-    if p.is_dir() and (p / "config.json").is_file():
-        if naming == "morphspec":
+    if naming == "morphspec":
+        if p.is_dir() and (p / "config.json").is_file():
             raise CheckpointError(
                 f"{p} is a Hugging Face folder, but spec '{arch.name}' reads morphspec names;"
                 " write its spec with `morph import-hf` (or add `naming: hf-...`)",
                 Mark(str(p)),
             )
-        return HFFolder(p, BY_NAMING[naming].keymap, arch.state_shapes())
-    return CheckpointReader(p)
+        return CheckpointReader(p)
+    if p.is_dir():
+        _check_folder(p)
+    plain = CheckpointReader(p)
+    if set(plain.keys()) == set(arch.state_shapes()):  # written by morph: the spec's own keys
+        return plain
+    plain.close()
+    return HFFolder(p, BY_NAMING[naming].keymap, arch.state_shapes())
 
 
 def _check_folder(folder: Path) -> None:
@@ -84,7 +91,9 @@ class HFFolder(CheckpointReader):
     def __init__(
         self, folder: Path, keymap: KeyMap, expected: Mapping[str, tuple[int, ...]]
     ) -> None:
-        _check_folder(folder)
+        """`folder`: the HF folder, or its model.safetensors or index file."""
+        if folder.is_dir():
+            _check_folder(folder)
         super().__init__(folder)
         self.folder = folder
         self.keymap = keymap

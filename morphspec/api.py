@@ -36,18 +36,29 @@ def build(spec_or_path: Spec | Arch | str | Path, set: SetArg = None) -> nn.Modu
 
 
 def load(
-    spec_path: Spec | Arch | str | Path, checkpoint_path: str | Path, set: SetArg = None
+    spec_path: Spec | Arch | str | Path,
+    checkpoint_path: str | Path,
+    set: SetArg = None,
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """The model of `spec_path` with the weights of `checkpoint_path`, strictly matched.
+
+    The checkpoint is a safetensors file, a sharded set's index, or a folder: a Hugging Face
+    folder is read as it is when the spec declares its family's `naming` (`morph import-hf`).
+    `dtype` is the model's (torch's default if None): weights are cast to it, so a float64
+    check of a float64 checkpoint needs `dtype=torch.float64`.
 
     Every missing, unexpected or mis-shaped key is listed by name in the error.
     """
     from morphspec.builder import build_arch
-    from morphspec.checkpoint import CheckpointReader, check_keys
+    from morphspec.checkpoint import check_keys
+    from morphspec.interop.folder import open_checkpoint
 
     arch = _arch(spec_path, set)
     model = build_arch(arch)
-    with CheckpointReader(checkpoint_path) as reader:
+    if dtype is not None:
+        model.to(dtype)
+    with open_checkpoint(checkpoint_path, arch) as reader:
         check_keys(reader, arch.state_shapes(), arch.spec.path)
         state = {k: reader.get(k) for k in reader}
     model.load_state_dict(state, strict=True)

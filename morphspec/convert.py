@@ -24,6 +24,7 @@ from morphspec.growth.apply import student_entries
 from morphspec.growth.families import Family
 from morphspec.growth.options import GrowOptions
 from morphspec.growth.plan import Plan, plan_for
+from morphspec.interop.folder import open_checkpoint
 from morphspec.spec.load import SetArg
 from morphspec.verify import Verification, verify_checkpoints
 
@@ -96,7 +97,7 @@ def convert(
     init, init_scale, noise, rescale = opts.init, opts.init_scale, opts.noise, opts.rescale
     teacher, student, plan = plan_for(teacher_spec, student_spec, teacher_set, student_set)
     out = Path(output) if output is not None else default_output(student_spec, student)
-    with CheckpointReader(checkpoint) as reader:
+    with open_checkpoint(checkpoint, teacher) as reader:
         grower = prepare(plan, reader, opts, str(teacher_spec))
         _check_output(out, reader, force, teacher, student)
         if dry_run:

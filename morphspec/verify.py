@@ -130,10 +130,14 @@ def verify_modes(
     streaming each layer's tensors from its checkpoint only while it runs
     (`checkpoint.stream`), so memory stays near the largest layer plus activations rather
     than two whole models. A teacher that is not finite is refused first."""
-    from morphspec.checkpoint import CheckpointReader, check_finite, check_keys
+    from morphspec.checkpoint import check_finite, check_keys
     from morphspec.checkpoint.stream import streamed_model
+    from morphspec.interop.folder import open_checkpoint
 
-    with CheckpointReader(teacher_ckpt) as t_reader, CheckpointReader(student_ckpt) as s_reader:
+    with (
+        open_checkpoint(teacher_ckpt, teacher) as t_reader,
+        open_checkpoint(student_ckpt, student) as s_reader,
+    ):
         check_keys(t_reader, teacher.state_shapes(), teacher.spec.path)
         check_keys(s_reader, student.state_shapes(), student.spec.path)
         check_finite(t_reader)

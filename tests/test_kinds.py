@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from growth_helpers import write_spec
+from growth_helpers import make_teacher, write_spec
 
 import morphspec
 from morphspec.arch.leaves import RULES
@@ -264,3 +264,22 @@ def test_the_package_has_no_import_cycle() -> None:
     for m in sorted(graph):
         if m not in state:
             dfs(m)
+
+
+PADDED = """
+morphspec: 1
+name: padded
+vars: {w: 4}
+input: {shape: [3, 8, 8]}
+body:
+  - conv: {name: stem, out: w, kernel: 3, padding: 1}
+  - channel_pad: {name: pad, out: 8}
+  - conv: {name: head, out: 2, kernel: 1}
+"""
+
+
+def test_channel_pad_keeps_its_input_width(tmp_path: Path) -> None:
+    """New input channels would land where the teacher's pad wrote zeros: refused."""
+    spec = write_spec(tmp_path / "p.yaml", PADDED)
+    with pytest.raises(PlanRefused, match=r"'pad' \(channel_pad\) pads with zero channels"):
+        convert(spec, spec, make_teacher(spec, out=tmp_path / "t.safetensors"), student_set=["w=6"])

@@ -35,8 +35,6 @@ def _nontrivial(model: torch.nn.Module) -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_streamed_outputs_equal_the_loaded_models(path: Path, tmp_path: Path) -> None:
     arch = morphspec.resolve(morphspec.load_spec(path))
-    if any(n.kind in REVERSIBLE for n in arch.nodes()):
-        pytest.skip("reversible units are not built yet")
     if arch.trainable_count() > 3_000_000:
         pytest.skip("large example; the small ones cover the same layers")
     model = morphspec.build(arch)

@@ -14,7 +14,7 @@ from morphspec.errors import Mark
 
 __all__ = ["COUNT_ARGS", "REAL_ARGS", "ShapeError", "make"]
 
-REAL_ARGS = frozenset({"eps", "momentum", "slope", "p", "h"})
+REAL_ARGS = frozenset({"eps", "momentum", "slope", "p", "h", "rope_theta"})
 COUNT_ARGS = frozenset(
     {"out", "kernel", "stride", "dilation", "heads", "head_dim", "kv_heads", "hidden",
      "vocab", "dim", "max_len", "steps", "times"}
@@ -54,7 +54,8 @@ def _affine(c: int, bias: bool) -> Shapes:
 def _linear(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
     _need(x, "linear", "vector", "sequence")
     cin, out = x.channels, a["out"]
-    params: Shapes = {"weight": (out, cin)}
+    # A tied head (`tie`) reads its embedding's weight and owns no key.
+    params: Shapes = {} if a.get("tie") else {"weight": (out, cin)}
     if a["bias"]:
         params["bias"] = (out,)
     rows = x.dims[0] if x.layout == "sequence" else 1
@@ -163,6 +164,8 @@ def _attention(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, 
         raise ShapeError(f"heads ({heads}) must be divisible by kv_heads ({kv})", "kv_heads")
     if a["rope"] and hd % 2:
         raise ShapeError(f"rotary embedding needs an even head_dim, got {hd}", "head_dim")
+    if a.get("rope_theta", 1.0) <= 0:
+        raise ShapeError(f"rope_theta must be positive, got {a['rope_theta']}", "rope_theta")
     params: Shapes = {}
     for proj, rows, cols in (("q_proj", heads * hd, dim), ("k_proj", kv * hd, dim),
                              ("v_proj", kv * hd, dim), ("o_proj", dim, heads * hd)):  # fmt: skip

@@ -28,7 +28,37 @@ def resolve(spec: m.Spec) -> Arch:
     children = ctx.layers(spec.body, ("body",), dict(spec.vars), shape, "")
     out = children[-1].out if children else shape
     root = Node("sequential", "", "", {}, shape, out, spec.mark(()), tuple(children))
-    return Arch(spec, root)
+    arch = Arch(spec, root)
+    for node, where in ctx.ties:
+        _check_tie(arch, node, where)
+    return arch
+
+
+def _check_tie(arch: Arch, node: Node, where: Mark) -> None:
+    """A tied linear reads an embedding's weight [vocab, dim] as its own [out, in]."""
+    path = node.args["tie"]
+    paths = [n.path for n in arch.nodes() if n.kind == "embedding"]
+    try:
+        target = arch.node(path)
+    except KeyError:
+        raise SpecError(
+            f"linear '{node.path}': tie '{path}' names no layer{closest(path, paths)}"
+            f" (embeddings: {', '.join(paths) or 'none'})",
+            where,
+        ) from None
+    if target.kind != "embedding":
+        raise SpecError(
+            f"linear '{node.path}': tie '{path}' is a {target.kind}; a head ties to an embedding",
+            where,
+        )
+    want = (node.args["out"], node.inp.channels)
+    if target.params["weight"] != want:
+        raise SpecError(
+            f"linear '{node.path}' ([out, in] = {list(want)}) cannot share the weight of"
+            f" '{path}' ([vocab, dim] = {list(target.params['weight'])}); out must be the"
+            " vocab and the input width the embedding's dim",
+            where,
+        )
 
 
 def _input_shape(spec: m.Spec, ctx: _Resolver) -> TensorShape:
@@ -57,6 +87,7 @@ class _Resolver:
         self.spec = spec
         self.stack: list[str] = []
         self.made = 0  # layers resolved so far, held to MAX_LAYERS
+        self.ties: list[tuple[Node, Mark]] = []
 
     def mark(self, loc: Loc, key: bool = False) -> Mark:
         return self.spec.mark(loc, key)
@@ -159,8 +190,16 @@ class _Resolver:
         if isinstance(layer, m.Repeat):
             return self.repeat(layer, loc, env, shape, name, path)
         args = self.leaf_args(layer, loc, env)
+        if isinstance(layer, m.Linear) and layer.tie is not None:
+            if layer.bias and "bias" in layer.model_fields_set:
+                raise SpecError(
+                    f"linear '{path}' is tied to '{layer.tie}' and so owns no key: it has no"
+                    " bias; remove 'bias: true'",
+                    self.mark((*loc, "bias")),
+                )
+            args["bias"] = False
         try:
-            return leaves.make(layer.op, name, path, args, shape, self.mark(loc))
+            node = leaves.make(layer.op, name, path, args, shape, self.mark(loc))
         except leaves.ShapeError as exc:
             field = exc.field
             if field:
@@ -168,6 +207,9 @@ class _Resolver:
                     f"{layer.op} '{path}': {exc}", getattr(layer, field, None), (*loc, field), env
                 ) from None
             raise SpecError(f"{layer.op} '{path}': {exc}", self.mark(loc, key=True)) from None
+        if args.get("tie") is not None:
+            self.ties.append((node, self.mark((*loc, "tie"))))
+        return node
 
     def leaf_args(self, layer: BaseModel, loc: Loc, env: Mapping[str, Number]) -> dict[str, Any]:
         args: dict[str, Any] = {}
@@ -175,7 +217,9 @@ class _Resolver:
             if field in ("op", "name"):
                 continue
             here = (*loc, field)
-            if value is None or isinstance(value, bool) or field in ("act", "memory"):
+            if field == "act" and isinstance(layer, m.Mlp):
+                args["act"], args["act_options"] = _act(value, here, self, env)
+            elif value is None or isinstance(value, bool) or field in _WORDS:
                 args[field] = value
             elif field in leaves.REAL_ARGS:
                 args[field] = self.real(value, here, env)
@@ -422,6 +466,22 @@ class _Resolver:
         finally:
             self.stack.pop()
         return _with_block(node, block)
+
+
+_WORDS = ("act", "memory", "tie", "approximate")
+
+
+def _act(
+    value: Any, loc: Loc, ctx: _Resolver, env: Mapping[str, Number]
+) -> tuple[str, dict[str, Any]]:
+    """An mlp's activation, bare (`gelu`) or single-key (`{gelu: {approximate: tanh}}`)."""
+    if isinstance(value, str):
+        return value, {}
+    ((kind, options),) = value.items()
+    out: dict[str, Any] = {}
+    for key, v in options.items():
+        out[key] = v if key == "approximate" else ctx.real(v, (*loc, kind, key), env)
+    return kind, out
 
 
 def _with_block(node: Node, block: str) -> Node:

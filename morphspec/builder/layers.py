@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ __all__ = [
     "RMSNorm",
     "Residual",
     "Sequence",
+    "TiedLinear",
     "activation",
     "apply_rope",
 ]
@@ -36,6 +38,7 @@ ACTIVATIONS: dict[str, Callable[[float], nn.Module]] = {
     "relu": lambda _: nn.ReLU(),
     "leaky_relu": lambda slope: nn.LeakyReLU(slope),
     "gelu": lambda _: nn.GELU(),  # exact erf form, as torchvision / BERT checkpoints expect
+    "gelu_tanh": lambda _: nn.GELU(approximate="tanh"),  # GPT-2's gelu_new
     "silu": lambda _: nn.SiLU(),
     "tanh": lambda _: nn.Tanh(),
     "sigmoid": lambda _: nn.Sigmoid(),
@@ -43,8 +46,11 @@ ACTIVATIONS: dict[str, Callable[[float], nn.Module]] = {
 }
 
 
-def activation(name: str, slope: float = 0.01) -> nn.Module:
-    """Return the activation module for a spec name; `slope` is used by leaky_relu only."""
+def activation(name: str, slope: float = 0.01, approximate: str = "none") -> nn.Module:
+    """Return the activation module for a spec name; `slope` is used by leaky_relu only,
+    `approximate` ('none' or 'tanh') by gelu only."""
+    if name == "gelu" and approximate == "tanh":
+        name = "gelu_tanh"
     try:
         make = ACTIVATIONS[name]
     except KeyError:
@@ -56,8 +62,11 @@ def activation(name: str, slope: float = 0.01) -> nn.Module:
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Llama style): no mean subtraction and no bias.
 
-    Statistics are taken in float32 because squaring half-precision values overflows or loses
-    most of their precision; the result is cast back to the input dtype.
+    Statistics are taken in at least float32 because squaring half-precision values overflows
+    or loses most of their precision; the normalised input is cast back to the input dtype
+    and then scaled by the gain, in that order, as Hugging Face's LlamaRMSNorm does (so a
+    float32 or bf16 checkpoint computes what it was trained to). Unlike it, float64 input is
+    not rounded to float32: exactness checks run in float64.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
@@ -67,9 +76,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
+        return (self.weight * normed.to(x.dtype)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
@@ -106,18 +115,20 @@ def apply_rope(x: Tensor, base: float = 10000.0) -> Tensor:
     """Rotary position embedding over the last dim of (..., T, head_dim), positions 0..T-1.
 
     Uses the "rotate_half" convention of Llama / Hugging Face, so q/k projection weights from
-    those checkpoints load without permuting rows. Angles are built on the fly in float32 rather
-    than cached in buffers, which would add state_dict keys.
+    those checkpoints load without permuting rows. The cos/sin table is Hugging Face's, to the
+    bit: `1 / base**(2i/d)` and the angles in float32, then cast to the input dtype, in which
+    the rotation runs. It is built on the fly rather than cached in buffers, which would add
+    state_dict keys.
     """
     t, d = x.shape[-2], x.shape[-1]
     if d % 2:
         raise ValueError(f"rotary embedding needs an even head_dim, got {d}")
-    inv_freq = base ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
+    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float32, device=x.device) / d))
     pos = torch.arange(t, device=x.device, dtype=torch.float32)
-    angles = torch.outer(pos, inv_freq)
+    angles = pos[:, None] * inv_freq[None, :]
     emb = torch.cat((angles, angles), dim=-1)
-    xf = x.float()
-    return (xf * emb.cos() + _rotate_half(xf) * emb.sin()).to(x.dtype)
+    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    return x * cos + _rotate_half(x) * sin
 
 
 class Attention(nn.Module):
@@ -190,19 +201,55 @@ class Mlp(nn.Module):
     """Transformer feed-forward block; gated=True with act=silu is Llama's SwiGLU."""
 
     def __init__(
-        self, dim: int, hidden: int, act: str = "gelu", gated: bool = False, bias: bool = True
+        self,
+        dim: int,
+        hidden: int,
+        act: str = "gelu",
+        gated: bool = False,
+        bias: bool = True,
+        act_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.gated = gated
         self.up_proj = nn.Linear(dim, hidden, bias=bias)
         self.gate_proj: nn.Linear | None = nn.Linear(dim, hidden, bias=bias) if gated else None
         self.down_proj = nn.Linear(hidden, dim, bias=bias)
-        self.act = activation(act)
+        self.act = activation(act, **(act_options or {}))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_proj is not None:
             return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
         return self.down_proj(self.act(self.up_proj(x)))
+
+
+class TiedLinear(nn.Module):
+    """A linear layer without a bias whose weight is an embedding's (a tied LM head).
+
+    It keeps the embedding module in a plain list, not as a child, so the shared weight has
+    one key (the embedding's) and loading, `to()` and optimisers see one Parameter.
+    """
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+        self._tied: list[nn.Module] = []
+
+    def tie(self, embedding: nn.Module) -> None:
+        self._tied[:] = [embedding]
+
+    @property
+    def weight(self) -> Tensor:
+        if not self._tied:
+            raise RuntimeError(f"tied linear: its embedding '{self.source}' was never attached")
+        w = self._tied[0].weight
+        assert isinstance(w, Tensor)
+        return w
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"tie={self.source}"
 
 
 class GlobalAvgPool(nn.Module):

@@ -21,7 +21,9 @@ Builder = Callable[[Node], nn.Module]
 
 
 def _act(kind: str) -> Builder:
-    return lambda n: L.activation(kind, float(n.args.get("slope", 0.01)))
+    return lambda n: L.activation(
+        kind, float(n.args.get("slope", 0.01)), n.args.get("approximate", "none")
+    )
 
 
 def _norm_1d_2d(n: Node) -> nn.Module:
@@ -33,8 +35,14 @@ def _attention(n: Node) -> nn.Module:
     a = n.args
     return L.Attention(
         n.inp.channels, a["heads"], a["head_dim"], a["kv_heads"],
-        causal=a["causal"], bias=a["bias"], rope=a["rope"],
+        causal=a["causal"], bias=a["bias"], rope=a["rope"], rope_base=a["rope_theta"],
     )  # fmt: skip
+
+
+def _linear(n: Node) -> nn.Module:
+    if n.args.get("tie"):
+        return L.TiedLinear(n.args["tie"])  # attached to its embedding by build_arch
+    return nn.Linear(n.inp.channels, n.args["out"], bias=n.args["bias"])
 
 
 def _children(n: Node) -> list[tuple[str, nn.Module]]:
@@ -50,7 +58,7 @@ def _residual(n: Node) -> nn.Module:
 
 
 BUILDERS: dict[str, Builder] = {
-    "linear": lambda n: nn.Linear(n.inp.channels, n.args["out"], bias=n.args["bias"]),
+    "linear": _linear,
     "conv": lambda n: nn.Conv2d(
         n.inp.channels,
         n.args["out"],
@@ -72,7 +80,12 @@ BUILDERS: dict[str, Builder] = {
     "position_embedding": lambda n: L.PositionEmbedding(n.args["max_len"], n.inp.channels),
     "attention": _attention,
     "mlp": lambda n: L.Mlp(
-        n.inp.channels, n.args["hidden"], n.args["act"], gated=n.args["gated"], bias=n.args["bias"]
+        n.inp.channels,
+        n.args["hidden"],
+        n.args["act"],
+        gated=n.args["gated"],
+        bias=n.args["bias"],
+        act_options=n.args.get("act_options"),
     ),
     "sequential": lambda n: L.Sequence(_children(n)),
     "repeat": lambda n: L.Sequence(_children(n)),
@@ -93,5 +106,10 @@ def build_node(node: Node) -> nn.Module:
 def build_arch(arch: Arch, **_: Any) -> nn.Module:
     """The torch model of `arch`, in eval mode, with its default initialisation."""
     model = build_node(arch.root)
+    for node in arch.nodes():
+        if node.kind == "linear" and node.args.get("tie"):
+            head = model.get_submodule(node.path)
+            assert isinstance(head, L.TiedLinear)
+            head.tie(model.get_submodule(node.args["tie"]))
     model.eval()
     return model

@@ -212,6 +212,10 @@ class TwoStep(_Step):
 class ReversibleUnit(nn.Module):
     """`steps` steps as children `0 … steps-1`; `recompute` backward rebuilds their inputs."""
 
+    stream_whole = True
+    """Its steps read their kernels' weights directly (K and Kᵀ), so streamed verification
+    (`checkpoint.stream`) loads the whole unit's tensors around the unit's forward."""
+
     def __init__(self, kind: str, steps: Sequence[_Step], recompute: bool):
         super().__init__()
         self.kind = kind

@@ -35,15 +35,24 @@ def streamed_model(arch: Arch, reader: CheckpointReader) -> Iterator[nn.Module]:
     with torch.device("meta"):
         model = build_arch(arch)
     model.eval()
+    # A tied head reads its embedding's weight after the embedding ran: keep those resident.
+    tied = {n.args["tie"] for n in arch.nodes() if n.kind == "linear" and n.args.get("tie")}
     handles = []
+    atomic: list[str] = []  # modules that read their children's tensors without calling them
     for prefix, module in model.named_modules():
-        own = [n for n, _ in module.named_parameters(recurse=False)]
-        own += [n for n, b in module.named_buffers(recurse=False) if b is not None]
+        if any(prefix.startswith(p + ".") for p in atomic):
+            continue
+        whole = getattr(module, "stream_whole", False)
+        if whole:
+            atomic.append(prefix)
+        own = [n for n, _ in module.named_parameters(recurse=whole)]
+        own += [n for n, b in module.named_buffers(recurse=whole) if b is not None]
         if not own:
             continue
         layer = _Layer(module, prefix, own, reader)
         handles.append(module.register_forward_pre_hook(layer.load))
-        handles.append(module.register_forward_hook(layer.release))
+        if prefix not in tied:
+            handles.append(module.register_forward_hook(layer.release))
     try:
         yield model
     finally:
@@ -62,15 +71,22 @@ class _Layer:
         self.reader = reader
         self.meta = {n: self._get(n) for n in names}
 
+    def _owner(self, name: str) -> tuple[nn.Module, str]:
+        """The submodule that holds `name` (a dotted name for a `stream_whole` module)."""
+        path, _, local = name.rpartition(".")
+        return (self.module.get_submodule(path) if path else self.module), local
+
     def _get(self, name: str) -> torch.Tensor:
-        found = self.module._parameters.get(name)
-        return found if found is not None else self.module._buffers[name]  # type: ignore[return-value]
+        owner, local = self._owner(name)
+        found = owner._parameters.get(local)
+        return found if found is not None else owner._buffers[local]  # type: ignore[return-value]
 
     def _set(self, name: str, value: torch.Tensor) -> None:
-        if name in self.module._parameters:
-            self.module._parameters[name] = nn.Parameter(value, requires_grad=False)
+        owner, local = self._owner(name)
+        if local in owner._parameters:
+            owner._parameters[local] = nn.Parameter(value, requires_grad=False)
         else:
-            self.module._buffers[name] = value
+            owner._buffers[local] = value
 
     def load(self, module: nn.Module, args: Any) -> None:
         for name, key in self.keys.items():

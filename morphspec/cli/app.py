@@ -16,7 +16,18 @@ from typing import Annotated, Any
 
 import typer
 
-from morphspec.cli import convert, diff, families, init, probe, schema, summary, validate, verify
+from morphspec.cli import (
+    convert,
+    diff,
+    families,
+    hf,
+    init,
+    probe,
+    schema,
+    summary,
+    validate,
+    verify,
+)
 from morphspec.cli.guard import ClickException, guarded
 from morphspec.cli.output import problem_json, to_json
 from morphspec.errors import Problem
@@ -77,6 +88,8 @@ add("convert", convert.convert, convert.EXAMPLES, CHECKPOINTS)
 add("verify", verify.verify, verify.EXAMPLES, CHECKPOINTS)
 add("families", families.families, families.EXAMPLES, CHECKPOINTS)
 add("probe", probe.probe, probe.EXAMPLES, CHECKPOINTS)
+add("import-hf", hf.import_hf, hf.IMPORT_EXAMPLES, CHECKPOINTS)
+add("export-hf", hf.export_hf, hf.EXPORT_EXAMPLES, CHECKPOINTS)
 
 
 def _version(value: bool) -> None:

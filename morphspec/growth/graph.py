@@ -169,6 +169,8 @@ class _Builder:
             self.frozen.append((node.path, edge))
             out = self.edge(node.path, node.out.channels)
             return out, 1
+        if rule.freezes_input:
+            self.frozen.append((node.path, edge))
         out = self.edge(node.path, node.out.channels if node.out.layout != "tokens" else 0)
         edges = {"in": edge, "out": out}
         for name, args in rule.inner.items():

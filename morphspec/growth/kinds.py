@@ -132,6 +132,10 @@ class KindRule:
     """Normalises by running statistics, so it can absorb an input scale exactly."""
     zero_at_zero: tuple[str, ...] = ()
     """Parameters that, set to 0, make the op map 0 to 0 (batchnorm: bias, running_mean)."""
+    freezes_input: str = ""
+    """Why the space entering this kind cannot widen (empty: it can), e.g. channel_pad,
+    whose zero channels sit right after the input's: new input channels would land on
+    positions the next layer already reads as zeros."""
     zero_gain: tuple[str, ...] = ()
     """Parameters that, set to 0, make the op output 0 whatever its input, in eval and in
     train mode (batchnorm's gain and shift): a new residual block that ends in this kind
@@ -268,6 +272,15 @@ _RULES = [
     _activation("avgpool", zero_fixed=True, homogeneous=True, keeps_nonneg=True),
     _activation("global_avgpool", zero_fixed=True, homogeneous=True, keeps_nonneg=True),
     KindRule("flatten", "flatten", keeps_nonneg=True),
+    # Parameter-free, but it fixes where the zero channels start: until a family grows the
+    # input and the padding as segments (the reversible-growth work), the input keeps its
+    # width; its output is a new space that may not grow either (`out` is not in `grows`).
+    KindRule(
+        "channel_pad",
+        "new",
+        freezes_input="pads with zero channels right after its input's, so new input"
+        " channels would land on positions the next layer reads as zeros",
+    ),
     KindRule(
         "embedding", "new", (ParamRole("weight", 1, "producer", "out"),), grows=frozenset({"dim"})
     ),

@@ -221,6 +221,14 @@ def diff(teacher: Arch, student: Arch) -> Plan:
                 s.mark,
             ))  # fmt: skip
             continue
+        if t.args.get("tie") and t.inp.channels != s.inp.channels:  # until growth knows ties
+            problems.append(Problem(
+                f"'{path}' shares the weight of '{t.args['tie']}' (tie), and growth cannot yet"
+                f" widen a tied pair ({t.inp.channels} -> {s.inp.channels}; {_where(t, s)});"
+                " keep the width, or untie the head in both specs",
+                s.mark,
+            ))  # fmt: skip
+            continue
         grown = _grown_kernel(t, s)
         if grown is not None:
             ops.append(grown)

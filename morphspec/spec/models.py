@@ -21,6 +21,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     Tag,
+    field_validator,
     model_validator,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "BlockDef",
     "InputSpec",
     "Layer",
+    "Naming",
     "Num",
     "Spec",
 ]
@@ -44,6 +46,8 @@ Num = Annotated[
 ]
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity")
 Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity"]
+# Checkpoint namings: the declared key converters of morphspec.interop (kept in sync by a test).
+Naming = Literal["morphspec", "hf-gpt2", "hf-llama"]
 
 
 class _Layer(BaseModel):
@@ -55,6 +59,11 @@ class Linear(_Layer):
     op: Literal["linear"]
     out: Num
     bias: bool = True
+    tie: str | None = Field(
+        None,
+        description="path of an embedding whose weight this layer shares (a tied head);"
+        " it then owns no key, so no bias",
+    )
 
 
 class Conv(_Layer):
@@ -85,7 +94,14 @@ class RMSNorm(_Layer):
 
 
 class Act(_Layer):
-    op: Literal["relu", "gelu", "silu", "tanh", "sigmoid", "identity"]
+    op: Literal["relu", "silu", "tanh", "sigmoid", "identity"]
+
+
+class Gelu(_Layer):
+    op: Literal["gelu"]
+    approximate: Literal["none", "tanh"] = Field(
+        "none", description="'tanh' is GPT-2's gelu_new; 'none' the exact erf form"
+    )
 
 
 class LeakyRelu(_Layer):
@@ -133,14 +149,27 @@ class Attention(_Layer):
     causal: bool = True
     bias: bool = True
     rope: bool = False
+    rope_theta: Num = Field(10000, description="the rotary base (Llama's rope_theta)")
 
 
 class Mlp(_Layer):
     op: Literal["mlp"]
     hidden: Num
-    act: Activation = "gelu"
+    act: Activation | dict[Activation, dict[str, Num]] = Field(
+        "gelu", description="an activation, bare or single-key: {gelu: {approximate: tanh}}"
+    )
     gated: bool = False
     bias: bool = True
+
+    @field_validator("act")
+    @classmethod
+    def _one_act(cls, act: Any) -> Any:
+        if isinstance(act, dict):
+            if len(act) != 1:
+                raise ValueError("'act' takes one activation: a word or {kind: {options}}")
+            ((kind, options),) = act.items()
+            model_for(kind).model_validate({"op": kind, **options})
+        return act
 
 
 class Sequential(_Layer):
@@ -202,7 +231,7 @@ class BlockCall(BaseModel):
 
 
 _KINDS: dict[str, type[BaseModel]] = {}
-for _model in (Linear, Conv, BatchNorm, LayerNorm, RMSNorm, Act, LeakyRelu, Pool, Reshape,
+for _model in (Linear, Conv, BatchNorm, LayerNorm, RMSNorm, Act, Gelu, LeakyRelu, Pool, Reshape,
                Dropout, ChannelPad, Embedding, PositionEmbedding, Attention, Mlp, Sequential,
                Residual, Repeat, Reversible):  # fmt: skip
     for _kind in _model.model_fields["op"].annotation.__args__:  # type: ignore[union-attr]
@@ -227,6 +256,7 @@ Layer = Annotated[
         Annotated[LayerNorm, Tag("LayerNorm")],
         Annotated[RMSNorm, Tag("RMSNorm")],
         Annotated[Act, Tag("Act")],
+        Annotated[Gelu, Tag("Gelu")],
         Annotated[LeakyRelu, Tag("LeakyRelu")],
         Annotated[Pool, Tag("Pool")],
         Annotated[Reshape, Tag("Reshape")],
@@ -273,6 +303,11 @@ class Spec(BaseModel):
     input: InputSpec
     blocks: dict[str, BlockDef] = Field(default_factory=dict)
     body: list[Layer]
+    naming: Naming = Field(
+        "morphspec",
+        description="how a checkpoint folder names the tensors: 'morphspec' (the state_dict"
+        " keys) or a Hugging Face family, read and written through its key converter",
+    )
     _source: Any = PrivateAttr(None)  # spec.yamlpos.Located, set by load_spec
     _path: str = PrivateAttr("<spec>")
     _files: list[str] = PrivateAttr(default_factory=list)

@@ -155,10 +155,13 @@ class Family:
                 ))  # fmt: skip
             if facts.widened(space) and space.frozen_by:
                 node = plan.student.node(space.frozen_by[0])
+                why = _rule(node).freezes_input or (
+                    "flattens a [T, C] sequence, which interleaves channels (feature t*C + c),"
+                    " so new channels would land between old features"
+                )
                 problems.append(Problem(
-                    f"channel space '{space.label}' cannot widen: '{node.path}' flattens a"
-                    " [T, C] sequence, which interleaves channels (feature t*C + c), so new"
-                    " channels would land between old features",
+                    f"channel space '{space.label}' cannot widen: '{node.path}' ({node.kind})"
+                    f" {why}",
                     node.mark,
                 ))  # fmt: skip
         for layer, op in plan.kernels.items():

@@ -27,9 +27,10 @@ def student_entries(plan: Plan, family: Family, reader: TensorSource) -> list[Te
     source = _Source(family, reader)
     entries = []
     for key, shape in sorted(family.shapes.items()):
-        ref = None if key in t_shapes else plan.reference_key(key)
-        if key in t_shapes:
-            dtype = reader.dtype(key)
+        src = family.source_key(key)
+        ref = None if src in t_shapes else plan.reference_key(key)
+        if src in t_shapes:
+            dtype = reader.dtype(src)
         elif ref is not None:
             dtype = reader.dtype(ref)
         else:
@@ -53,7 +54,8 @@ class _Source:
 
     def make(self, key: str, ref: str | None, dtype: torch.dtype) -> torch.Tensor:
         family = self.family
-        teacher = self.reader.get(key, copy=False) if key in self.t_shapes else None
+        src = family.source_key(key)
+        teacher = self.reader.get(src, copy=False) if src in self.t_shapes else None
         if (
             teacher is not None
             and tuple(teacher.shape) == family.shapes[key]

@@ -116,4 +116,21 @@ FAMILY_CONDITIONS: dict[str, Conditions] = {
         kernel_morph=True,
         noise="none (already random)",
     ),
+    "ode-refine": Conditions(
+        family="ode-refine",
+        widen_activations="any (random, as randpad)",
+        deepen="reversible units: h / r and r times the steps, step j a copy of step j // r"
+        " (multi-level refinement); other new blocks random",
+        deepen_activations="any",
+        function_preserving="no (a finer discretisation of the same ODE; the deviation is"
+        " reported)",
+        requires_noise=False,
+        residual_streams=True,
+        free_parameters="none for refined steps (copies)",
+        preserves_parameters=True,
+        new_layers="steps of hamiltonian, midpoint, leapfrog",
+        new_channels="any",
+        kernel_morph=True,
+        noise="none",
+    ),
 }

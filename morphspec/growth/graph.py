@@ -20,7 +20,7 @@ group of rows and columns; growth appends one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -82,6 +82,8 @@ class SpaceGraph:
     tensor_roles: dict[str, list[tuple[Role, int]]]
     input_nonneg: dict[str, bool]
     """Whether the tensor entering each node (by path) is known to be non-negative."""
+    pads: dict[int, tuple[int, str]] = field(default_factory=dict)
+    """For the output space of each channel_pad: its input space and the pad's path."""
 
     def roles(self, key: str) -> Iterator[tuple[Role, ChannelSpace]]:
         for role, sid in self.tensor_roles.get(key, []):
@@ -125,6 +127,7 @@ class _Builder:
         self.frozen: list[tuple[str, str]] = []
         self.nonneg: dict[str, bool] = {}
         self.input_nonneg: dict[str, bool] = {}
+        self.pads: list[tuple[str, str, str]] = []
 
     def edge(self, name: str, size: int, nonneg: bool = False) -> str:
         self.uf.add(name)
@@ -152,8 +155,9 @@ class _Builder:
             # output is a new space that nothing grows.
             return self.edge(node.path, node.out.channels), 1
         if rule.flow == "keep":
+            edges = {"in": edge, **self.inner(node, rule.inner)}
             for r in rule.roles_of(node.params):
-                self.role(node, r, edge, mult)
+                self.role(node, r, edges[r.space], mult if r.space == "in" else 1)
             if rule.mixes_channels:
                 self.norms.append((node.path, edge))
             self.ops.append((node.path, kind, edge))
@@ -172,12 +176,19 @@ class _Builder:
         if rule.freezes_input:
             self.frozen.append((node.path, edge))
         out = self.edge(node.path, node.out.channels if node.out.layout != "tokens" else 0)
-        edges = {"in": edge, "out": out}
-        for name, args in rule.inner.items():
-            edges[name] = self.edge(f"{node.path}.{name}", math.prod(node.args[a] for a in args))
+        edges = {"in": edge, "out": out, **self.inner(node, rule.inner)}
+        if rule.pads:
+            self.pads.append((node.path, edge, out))
         for r in rule.roles_of(node.params):
             self.role(node, r, edges[r.space], mult if r.space == "in" else 1)
         return out, 1
+
+    def inner(self, node: Node, inner: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+        """An edge per inner space of `node` (an mlp's or a reversible unit's hidden)."""
+        return {
+            name: self.edge(f"{node.path}.{name}", math.prod(node.args[a] for a in args))
+            for name, args in inner.items()
+        }
 
     def residual(self, node: Node, edge: str, mult: int) -> tuple[str, int]:
         in_nonneg = self.nonneg.get(edge, False)
@@ -227,4 +238,5 @@ def space_graph(arch: Arch) -> SpaceGraph:
         spaces[edge_space[edge]].ops.append((path, kind))
     spaces[edge_space[first]].is_input = True
     spaces[edge_space[last]].is_output = True
-    return SpaceGraph(spaces, edge_space, tensor_roles, dict(b.input_nonneg))
+    pads = {edge_space[out]: (edge_space[inp], path) for path, inp, out in b.pads}
+    return SpaceGraph(spaces, edge_space, tensor_roles, dict(b.input_nonneg), pads)

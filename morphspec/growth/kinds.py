@@ -22,7 +22,7 @@ A kind with parameters and no entry is refused at plan time (`unknown_kind_probl
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -132,6 +132,12 @@ class KindRule:
     """Normalises by running statistics, so it can absorb an input scale exactly."""
     zero_at_zero: tuple[str, ...] = ()
     """Parameters that, set to 0, make the op map 0 to 0 (batchnorm: bias, running_mean)."""
+    stepped: bool = False
+    """Its parameters repeat per step as `<step>.<param>` (reversible units): each role
+    applies to every step's copy (`roles_of`), and `steps` may grow (growth/segments.py)."""
+    pads: bool = False
+    """Writes its input's channels, then zero channels (channel_pad): its output space is
+    derived from its input's, which growth/segments.py follows."""
     freezes_input: str = ""
     """Why the space entering this kind cannot widen (empty: it can), e.g. channel_pad,
     whose zero channels sit right after the input's: new input channels would land on
@@ -150,8 +156,15 @@ class KindRule:
     """Why these args keep the layer from being the identity (None when it can be)."""
 
     def roles_of(self, params: Mapping[str, Any]) -> list[ParamRole]:
-        """The roles of the parameters a node of this kind actually has."""
-        return [r for r in self.roles if r.param in params]
+        """The roles of the parameters a node of this kind actually has (every step's, for
+        a stepped kind)."""
+        if not self.stepped:
+            return [r for r in self.roles if r.param in params]
+        out = []
+        for name in params:
+            step, _, local = name.partition(".")
+            out += [replace(r, param=name) for r in self.roles if step.isdigit() and r.param == local]
+        return out
 
     def out_matrix(self) -> str | None:
         """The parameter whose rows write `out` from columns that read another space with
@@ -164,6 +177,9 @@ class KindRule:
         return None
 
     def tie_of(self, param: str, dim: int) -> Tie | None:
+        if self.stepped:
+            step, _, local = param.partition(".")
+            param = local if step.isdigit() else param
         return next((t for t in self.ties if (t.param, t.dim) == (param, dim)), None)
 
 
@@ -204,6 +220,41 @@ _KV = Layout("groups", groups="kv_heads", per_group="head_dim")
 
 def _channel(*params: str) -> tuple[ParamRole, ...]:
     return tuple(ParamRole(p, 0, "channel", "in") for p in params)
+
+
+def _tied_kernel(k: str, b: str, reads: Layout, writes: Layout) -> tuple[ParamRole, ...]:
+    """K [hidden, channels, k, k] of f = Kᵀσ(K x + b): dim 0 writes `hidden` (K x) and reads
+    it back (Kᵀ), dim 1 reads the `reads` channels (K x) and writes the `writes` ones (Kᵀ)."""
+    return (
+        ParamRole(k, 0, "producer", "hidden"),
+        ParamRole(k, 0, "consumer", "hidden"),
+        ParamRole(k, 1, "consumer", "in", reads),
+        ParamRole(k, 1, "producer", "in", writes),
+        ParamRole(b, 0, "producer", "hidden"),
+    )
+
+
+def _reversible(kind: str) -> KindRule:
+    """A reversible unit (builder/reversible.py): its output lies in its input's space; its
+    K's two dimensions are each tied (K and Kᵀ). hamiltonian's K1 reads Z (segment 1) and
+    writes Y (segment 0), K2 the reverse; midpoint's and leapfrog's K read and write all."""
+    if kind == "hamiltonian":
+        y, z = Layout("segments", parts=2, segment=0), Layout("segments", parts=2, segment=1)
+        roles = _tied_kernel("k1.weight", "b1", z, y) + _tied_kernel("k2.weight", "b2", y, z)
+        kernels = ("k1.weight", "k2.weight")
+    else:
+        roles, kernels = _tied_kernel("k.weight", "b", APPEND, APPEND), ("k.weight",)
+    ties = tuple(
+        Tie(k, d, pair, transposed=True)
+        for k in kernels
+        for d, pair in ((0, ("producer", "consumer")), (1, ("consumer", "producer")))
+    )
+    # On new channels the unit is the identity once its tied entries there are zero, so it
+    # keeps zeros zero (zero_fixed), but it mixes old channels: not channel-independent.
+    return KindRule(
+        kind, "keep", roles, inner={"hidden": ("hidden",)}, grows=frozenset({"steps", "hidden"}),
+        ties=ties, stepped=True, zero_fixed=True,
+    )  # fmt: skip
 
 
 def _activation(kind: str, **flags: Any) -> KindRule:
@@ -272,15 +323,9 @@ _RULES = [
     _activation("avgpool", zero_fixed=True, homogeneous=True, keeps_nonneg=True),
     _activation("global_avgpool", zero_fixed=True, homogeneous=True, keeps_nonneg=True),
     KindRule("flatten", "flatten", keeps_nonneg=True),
-    # Parameter-free, but it fixes where the zero channels start: until a family grows the
-    # input and the padding as segments (the reversible-growth work), the input keeps its
-    # width; its output is a new space that may not grow either (`out` is not in `grows`).
-    KindRule(
-        "channel_pad",
-        "new",
-        freezes_input="pads with zero channels right after its input's, so new input"
-        " channels would land on positions the next layer reads as zeros",
-    ),
+    # Parameter-free: its output is [input | zeros]; growth/segments.py places the input's
+    # channels and the zero channels of a widened output (both grow, each at its own end).
+    KindRule("channel_pad", "new", grows=frozenset({"out"}), pads=True),
     KindRule(
         "embedding", "new", (ParamRole("weight", 1, "producer", "out"),), grows=frozenset({"dim"})
     ),
@@ -328,15 +373,16 @@ _RULES = [
         ),
         inner={"heads": ("heads", "head_dim"), "kv": ("kv_heads", "head_dim")},
     ),
+    _reversible("hamiltonian"),
+    _reversible("midpoint"),
+    _reversible("leapfrog"),
     KindRule("sequential", "container"),
     KindRule("residual", "container"),
     KindRule("repeat", "container", grows=frozenset({"times"})),
 ]
 
 KINDS: Mapping[str, KindRule] = MappingProxyType({r.kind: _check(r) for r in _RULES})
-"""Every kind growth knows. Reversible units (`hamiltonian`, `midpoint`, `leapfrog`) are
-not here yet: their K is tied (K and Kᵀ) and their halves are segments, which no family
-fills yet, so the planner refuses them."""
+"""Every kind growth knows; a kind with parameters and no entry is refused."""
 
 
 def rule_of(kind: str) -> KindRule | None:

@@ -22,7 +22,7 @@ __all__ = [
     "option_infos",
 ]
 
-FamilyName = Literal["r2r", "net2net", "netmorph", "randpad"]
+FamilyName = Literal["r2r", "net2net", "netmorph", "randpad", "ode-refine"]
 InitMode = Literal["match", "he"]
 NetmorphZero = Literal["out", "in"]
 RescaleMode = Literal["none", "default_vt", "vt_constraint_old_shape", "vt_constraint_new_shape"]

@@ -9,6 +9,7 @@ kind, stride or kernel, a different input or output) is refused with both YAML p
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from morphspec.spec import load_spec
 from morphspec.spec.load import SetArg
 
 __all__ = [
-    "AddProjection", "GrowKernel", "InsertBlocks", "InsertLayers", "Plan", "WidenSpace", "diff",
+    "AddProjection", "AddSteps", "GrowKernel", "InsertBlocks", "InsertLayers", "Plan", "WidenSpace", "diff",
     "plan_for",
 ]  # fmt: skip
 
@@ -84,7 +85,24 @@ class InsertLayers:
     op: str = "insert_layers"
 
 
-Op = WidenSpace | InsertBlocks | AddProjection | GrowKernel | InsertLayers
+@dataclass(frozen=True)
+class AddSteps:
+    """A reversible unit's `steps` grow from `old` to `new`. With `new_h == old_h` steps are
+    appended; with `new_h·new == old_h·old` the same time span is refined (ode-refine)."""
+
+    unit: str
+    old: int
+    new: int
+    old_h: float
+    new_h: float
+    op: str = "add_steps"
+
+    @property
+    def refines(self) -> bool:
+        return self.new_h != self.old_h
+
+
+Op = WidenSpace | InsertBlocks | AddProjection | GrowKernel | InsertLayers | AddSteps
 
 
 @dataclass
@@ -104,6 +122,10 @@ class Plan:
     @property
     def widens(self) -> list[WidenSpace]:
         return [op for op in self.ops if isinstance(op, WidenSpace)]
+
+    @property
+    def steps(self) -> list[AddSteps]:
+        return [op for op in self.ops if isinstance(op, AddSteps)]
 
     @property
     def inserts(self) -> list[InsertBlocks]:
@@ -232,7 +254,14 @@ def diff(teacher: Arch, student: Arch) -> Plan:
         grown = _grown_kernel(t, s)
         if grown is not None:
             ops.append(grown)
-        problems.extend(_compare_args(t, s, skip={"kernel", "padding"} if grown else set()))
+        skip = {"kernel", "padding"} if grown else set()
+        steps = _steps(t, s)
+        if isinstance(steps, Problem):
+            problems.append(steps)
+        elif steps is not None:
+            ops.append(steps)
+            skip.add("h")
+        problems.extend(_compare_args(t, s, skip=skip))
         if t.kind == "repeat" and s.args["times"] > t.args["times"]:
             blocks = tuple(c.path for c in s.children[t.args["times"] :])
             ops.append(InsertBlocks(path, t.args["times"], s.args["times"], blocks))
@@ -296,6 +325,25 @@ def _grown_kernel(t: Node, s: Node) -> GrowKernel | None:
     if s.args["padding"] - t.args["padding"] != dil * (sk - tk) // 2:
         return None
     return GrowKernel(t.path, tk, sk)
+
+
+def _steps(t: Node, s: Node) -> AddSteps | Problem | None:
+    """A stepped unit's `steps` and `h`: appended steps keep `h`; refined ones keep the time
+    span steps·h (an integer factor more steps)."""
+    rule = rule_of(t.kind)
+    if rule is None or not rule.stepped:
+        return None
+    (old, new), (old_h, new_h) = ((t.args[a], s.args[a]) for a in ("steps", "h"))
+    if old_h == new_h:
+        return AddSteps(t.path, old, new, old_h, new_h) if new > old else None
+    if new > old and new % old == 0 and math.isclose(new * new_h, old * old_h, rel_tol=1e-12):
+        return AddSteps(t.path, old, new, old_h, new_h)
+    return Problem(
+        f"'{t.path}': h changes from {old_h:g} to {new_h:g} with steps {old} -> {new}"
+        f" ({_where(t, s)}); h may change only to refine the same time span: steps times an"
+        f" integer r and h divided by r (steps {2 * old}, h {old_h / 2:g})",
+        s.mark,
+    )
 
 
 def _last_layer(arch: Arch) -> Node:
@@ -364,7 +412,8 @@ def _match_spaces(
         a = sizes.get(space.id, 0)
         for role in space.roles:
             tshape = t_shapes.get(role.key)
-            if tshape is not None and tshape[role.dim] != a * role.mult:
+            parts = role.layout.parts if role.layout.segment is not None else 1
+            if tshape is not None and tshape[role.dim] * parts != a * role.mult:
                 problems.append(Problem(
                     f"'{role.key}' reads or writes channel space '{space.label}' with"
                     f" {tshape[role.dim]} entries in the teacher, but the space had"

@@ -2,7 +2,7 @@
 
 Growth fills a tensor dimension only through a role of its kind's entry. So a kind with
 parameters and no entry, a tensor dimension that changes with no role growing it, and a
-role whose layout or tie no family fills yet are refused at plan time, with the YAML place,
+role whose layout no family fills yet are refused at plan time, with the YAML place,
 rather than padded by a default.
 """
 
@@ -61,19 +61,21 @@ def unruled_dims(
     return problems
 
 
+FILLED = ("append", "segments")
+"""Layouts the families fill (segments and ties: growth/segments.py)."""
+
+
 def unfilled_layouts(student: Arch, graph: SpaceGraph, sizes: dict[int, int]) -> list[Problem]:
-    """Layouts and ties the registry can describe but no family fills yet."""
+    """Layouts the registry can describe but no family fills yet."""
     problems = []
     for space in graph.spaces:
         if space.size <= sizes[space.id]:
             continue
         for role in space.roles:
             node = student.node(role.node)
-            rule = rule_of(node.kind)
-            tie = rule.tie_of(role.key[len(node.path) + 1 :], role.dim) if rule else None
-            if role.layout.kind == "append" and tie is None:
+            if role.layout.kind in FILLED:
                 continue
-            what = f"tied ({' and '.join(tie.roles)})" if tie else role.layout.describe()
+            what = role.layout.describe()
             problems.append(Problem(
                 f"channel space '{space.label}' would widen '{role.key}' dimension {role.dim},"
                 f" laid out as {what}: no family fills that yet",

@@ -9,6 +9,7 @@ import torch
 from morphspec.growth.families.base import Family, GrowOptions, RescaleMode
 from morphspec.growth.families.net2net import Net2Net
 from morphspec.growth.families.netmorph import NetMorph
+from morphspec.growth.families.ode_refine import OdeRefine
 from morphspec.growth.families.r2r import R2R
 from morphspec.growth.families.randpad import RandPad
 from morphspec.growth.plan import Plan
@@ -20,6 +21,7 @@ FAMILIES: dict[str, type[Family]] = {
     "net2net": Net2Net,
     "netmorph": NetMorph,
     "randpad": RandPad,
+    "ode-refine": OdeRefine,
 }
 
 

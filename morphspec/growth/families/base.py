@@ -37,7 +37,9 @@ from morphspec.growth.init import (
 from morphspec.growth.kinds import KindRule, kinds_where, rule_of
 from morphspec.growth.options import GrowOptions, RescaleMode
 from morphspec.growth.plan import Plan
+from morphspec.growth import segments
 from morphspec.growth.rescale import Rescaler, rescale
+from morphspec.growth.segments import SegmentFacts
 
 __all__ = ["Facts", "Family", "GrowOptions", "RescaleMode", "TensorGetter", "channel_view"]
 
@@ -57,6 +59,8 @@ class Facts:
     """Tensors that start at zero: new residual blocks' last layers (or last norm's gain)."""
     zero_rows: set[str] = field(default_factory=set)
     """Weights whose every row must output zero (R2R's paired last layer of a new block)."""
+    segments: SegmentFacts = field(default_factory=SegmentFacts)
+    """Placement, ties and reversible steps (growth/segments.py)."""
 
     def widened(self, space: ChannelSpace) -> bool:
         return space.size > self.sizes[space.id]
@@ -101,6 +105,8 @@ class Family:
     exact: ClassVar[bool] = True
     identity_deepen: ClassVar[bool] = False
     pairs_new_spaces: ClassVar[bool] = False
+    ties: ClassVar[Literal["zero", "random", "refuse"]] = "zero"
+    """New entries of a tied dimension (K and Kᵀ): zero, random (inexact), or refused."""
 
     def __init__(
         self, plan: Plan, options: GrowOptions | None = None,
@@ -181,7 +187,7 @@ class Family:
             nodes = [plan.student.node(p) for p in run]
             label = f"new layer{'s' if len(run) > 1 else ''} {', '.join(run)}"
             problems.extend(self._check_new(label, nodes, facts))
-        return problems
+        return problems + segments.check(self, facts)
 
     def _check_new(self, label: str, nodes: list[Node], facts: Facts) -> list[Problem]:
         """New residual blocks follow the residual rule (every exact family); other new
@@ -432,12 +438,17 @@ class Family:
                 rows = self.protected_rows(x, key, old_rows)
                 if rows is not None:
                     v, d = channel_view(rows, role.dim, role.mult)
-                    self.consume(v, d, space, key)
+                    segments.rule(self, True, v, d, space, key, role)
         for role, space in roles:
             if role.kind != "consumer" and self.applies_to(space):
                 v, d = channel_view(x, role.dim, role.mult)
-                self.produce(v, d, space, key, role)
+                segments.rule(self, False, v, d, space, key, role)
+        segments.finish(self, key, x, roles)
         return x
+
+    def source_key(self, key: str) -> str:
+        """The teacher tensor that student `key` starts from (ode-refine: the refined step)."""
+        return self.facts.segments.sources.get(key, key)
 
     def _new_entries(
         self, x: torch.Tensor, key: str, teacher: torch.Tensor | None

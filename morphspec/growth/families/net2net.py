@@ -30,6 +30,7 @@ __all__ = ["Net2Net"]
 class Net2Net(Family):
     name = "net2net"
     identity_deepen = True
+    ties = "refuse"
 
     def __init__(
         self, plan: Plan, options: GrowOptions | None = None, get: TensorGetter | None = None

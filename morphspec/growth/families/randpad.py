@@ -12,3 +12,4 @@ __all__ = ["RandPad"]
 class RandPad(Family):
     name = "randpad"
     exact = False
+    ties = "random"

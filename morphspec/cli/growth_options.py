@@ -13,7 +13,14 @@ import typer
 from rich.table import Table
 
 from morphspec.growth.options import GrowOptions, option_infos
-from morphspec.growth.plan import GrowKernel, InsertBlocks, InsertLayers, Plan, WidenSpace
+from morphspec.growth.plan import (
+    AddSteps,
+    GrowKernel,
+    InsertBlocks,
+    InsertLayers,
+    Plan,
+    WidenSpace,
+)  # fmt: skip
 
 __all__ = [
     "StudentArg", "StudentSetOpt", "TeacherArg", "TeacherSetOpt", "growth_option", "merge_sets",
@@ -107,6 +114,9 @@ def plan_table(plan: Plan, family: str = "r2r") -> Table:
             table.add_row("insert layers", ", ".join(op.layers), "new, between teacher layers")
         elif isinstance(op, GrowKernel):
             table.add_row("grow kernel", op.layer, f"{op.old}x{op.old} -> {op.new}x{op.new}")
+        elif isinstance(op, AddSteps):
+            how = f"h {op.old_h:g} -> {op.new_h:g}, refined" if op.refines else "appended"
+            table.add_row("add steps", op.unit, f"{op.old} -> {op.new} ({how})")
         else:
             table.add_row("add projection", op.shortcut, "identity -> identity stand-in")
     if not plan.ops:

@@ -163,7 +163,9 @@ class KindRule:
         out = []
         for name in params:
             step, _, local = name.partition(".")
-            out += [replace(r, param=name) for r in self.roles if step.isdigit() and r.param == local]
+            out += [
+                replace(r, param=name) for r in self.roles if step.isdigit() and r.param == local
+            ]
         return out
 
     def out_matrix(self) -> str | None:
@@ -241,13 +243,16 @@ def _reversible(kind: str) -> KindRule:
     if kind == "hamiltonian":
         y, z = Layout("segments", parts=2, segment=0), Layout("segments", parts=2, segment=1)
         roles = _tied_kernel("k1.weight", "b1", z, y) + _tied_kernel("k2.weight", "b2", y, z)
-        kernels = ("k1.weight", "k2.weight")
+        kernels: tuple[str, ...] = ("k1.weight", "k2.weight")
     else:
         roles, kernels = _tied_kernel("k.weight", "b", APPEND, APPEND), ("k.weight",)
     ties = tuple(
-        Tie(k, d, pair, transposed=True)
+        t
         for k in kernels
-        for d, pair in ((0, ("producer", "consumer")), (1, ("consumer", "producer")))
+        for t in (
+            Tie(k, 0, ("producer", "consumer"), transposed=True),
+            Tie(k, 1, ("consumer", "producer"), transposed=True),
+        )
     )
     # On new channels the unit is the identity once its tied entries there are zero, so it
     # keeps zeros zero (zero_fixed), but it mixes old channels: not channel-independent.

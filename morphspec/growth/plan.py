@@ -25,8 +25,8 @@ from morphspec.spec import load_spec
 from morphspec.spec.load import SetArg
 
 __all__ = [
-    "AddProjection", "AddSteps", "GrowKernel", "InsertBlocks", "InsertLayers", "Plan", "WidenSpace", "diff",
-    "plan_for",
+    "AddProjection", "AddSteps", "GrowKernel", "InsertBlocks", "InsertLayers", "Plan",
+    "WidenSpace", "diff", "plan_for",
 ]  # fmt: skip
 
 IGNORED = {"momentum"}  # training-time only: never changes what eval mode computes

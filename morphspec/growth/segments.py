@@ -39,9 +39,9 @@ each new step a copy of the step it refines: approximate, its deviation measured
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import ClassVar, Literal, Protocol
 
 import torch
 
@@ -50,9 +50,8 @@ from morphspec.errors import Problem
 from morphspec.growth.graph import ChannelSpace, Role
 from morphspec.growth.init import generator
 from morphspec.growth.kinds import rule_of
-
-if TYPE_CHECKING:
-    from morphspec.growth.families.base import Facts, Family
+from morphspec.growth.options import GrowOptions
+from morphspec.growth.plan import Plan
 
 __all__ = ["SegmentFacts", "check", "finish", "rule"]
 
@@ -72,6 +71,36 @@ class SegmentFacts:
     """Biases of new steps: every entry gets σ(b) ≠ 0."""
     sources: dict[str, str] = field(default_factory=dict)
     """ode-refine: the teacher key each refined step's tensor copies."""
+
+
+class Facts(Protocol):
+    """What this module reads and writes of `families.base.Facts`."""
+
+    sizes: dict[int, int]
+    zero_keys: set[str]
+    segments: SegmentFacts
+
+    def widened(self, space: ChannelSpace) -> bool: ...
+
+
+class Family(Protocol):
+    """What this module uses of `families.base.Family` (a Protocol: base imports this)."""
+
+    name: ClassVar[str]
+    exact: ClassVar[bool]
+    ties: ClassVar[Literal["zero", "random", "refuse"]]
+    plan: Plan
+    options: GrowOptions
+    shapes: Mapping[str, tuple[int, ...]]
+
+    @property
+    def facts(self) -> Facts: ...
+    def widened(self, space: ChannelSpace) -> bool: ...
+    def applies_to(self, space: ChannelSpace) -> bool: ...
+    def consume(self, v: torch.Tensor, d: int, space: ChannelSpace, key: str) -> None: ...
+    def produce(
+        self, v: torch.Tensor, d: int, space: ChannelSpace, key: str, role: Role
+    ) -> None: ...
 
 
 def _segments(space: ChannelSpace) -> int:
@@ -106,8 +135,8 @@ def _place(fam: Family, facts: Facts, space: ChannelSpace, seen: dict[int, tuple
         if parts > 1 and (a, b) == (2 * a_s, 2 * b_s) and parts == 2:
             # Y is the pad's input, Z its zeros: the zeros mirror the input's places, so each
             # tied K index l still pairs Y_l with Z_l (zero channels may go anywhere).
-            old, grown = p[:a_s], p[a_s:]
-            order = (*old, *(b_s + i for i in old), *grown, *(b_s + i for i in grown))
+            kept, added = p[:a_s], p[a_s:]
+            order = (*kept, *(b_s + i for i in kept), *added, *(b_s + i for i in added))
         else:
             order = (*p[:a_s], *range(b_s, b_s + zone_old), *p[a_s:],
                      *range(b_s + zone_old, b))  # fmt: skip
@@ -117,9 +146,9 @@ def _place(fam: Family, facts: Facts, space: ChannelSpace, seen: dict[int, tuple
     if parts > 1 and a:
         sa, sb = a // parts, b // parts
         if pad is None:
-            grown = (b - a) // parts
+            more = (b - a) // parts
             order = (*(i // sa * sb + i % sa for i in range(a)),
-                     *(j // grown * sb + sa + j % grown for j in range(b - a)))  # fmt: skip
+                     *(j // more * sb + sa + j % more for j in range(b - a)))  # fmt: skip
         else:
             bad = [i for i in range(a) if i // sa != order[i] // sb]
             if bad or parts != 2 or (a, b) != (2 * sizes[pad[0]], 2 * graph.spaces[pad[0]].size):
@@ -141,9 +170,11 @@ def _place(fam: Family, facts: Facts, space: ChannelSpace, seen: dict[int, tuple
 def check(fam: Family, facts: Facts) -> list[Problem]:
     """Placement of widened spaces, ties and steps: every problem, and the facts for `finish`."""
     problems: list[Problem] = []
-    plan, seen = fam.plan, {}
-    for space in plan.graph.spaces:
-        if facts.widened(space):
+    plan, seen = fam.plan, dict[int, tuple[int, ...]]()
+    graph = plan.graph
+    for space in graph.spaces:
+        pad = graph.pads.get(space.id)
+        if facts.widened(space) or (pad and facts.widened(graph.spaces[pad[0]])):
             _place(fam, facts, space, seen, problems)
             problems += _tie_problems(fam, space)
     for op in plan.steps:
@@ -246,7 +277,9 @@ def _apply(fam: Family, consume: bool, v: torch.Tensor, d: int, space: ChannelSp
         fam.produce(v, d, space, key, role)
 
 
-def finish(fam: Family, key: str, x: torch.Tensor, roles: Iterable[tuple[Role, ChannelSpace]]) -> None:
+def finish(
+    fam: Family, key: str, x: torch.Tensor, roles: Iterable[tuple[Role, ChannelSpace]]
+) -> None:
     """After the family's rule: tied entries, new biases, then each dimension permuted from
     append order to the student's positions."""
     seg, sizes = fam.facts.segments, fam.facts.sizes

@@ -25,6 +25,7 @@ import torch
 
 from morphspec.arch.nodes import Node
 from morphspec.errors import PlanRefused, Problem
+from morphspec.growth import segments
 from morphspec.growth.conditions import FAMILY_CONDITIONS, Conditions
 from morphspec.growth.graph import ChannelSpace, Role
 from morphspec.growth.init import (
@@ -37,7 +38,6 @@ from morphspec.growth.init import (
 from morphspec.growth.kinds import KindRule, kinds_where, rule_of
 from morphspec.growth.options import GrowOptions, RescaleMode
 from morphspec.growth.plan import Plan
-from morphspec.growth import segments
 from morphspec.growth.rescale import Rescaler, rescale
 from morphspec.growth.segments import SegmentFacts
 

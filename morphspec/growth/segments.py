@@ -293,7 +293,13 @@ def finish(
         if _tied(node, role) and fam.ties == "zero":
             x.narrow(role.dim, a, b - a).zero_()
         unit = rule_of(node.kind)
-        if unit is not None and unit.stepped and role.kind == "producer" and x.dim() == 1:
+        if (
+            unit
+            and unit.stepped
+            and key not in seg.bias_keys
+            and role.kind == "producer"
+            and x.dim() == 1
+        ):
             _positive_bias(fam, key, x.narrow(0, a, b - a))
     moved: set[int] = set()
     for role, space in widened:

@@ -4,6 +4,8 @@ Run by hand: `python benchmarks/drift_table.py`. For each case the teacher is se
 non-trivial batchnorms (tests/growth_helpers.make_teacher), grown with `morphspec.grow`,
 and both take k = 1 and 10 steps of SGD (momentum 0.9, lr 0.01) and Adam (lr 1e-3) on
 identical random batches of 16; the ratio is morphspec.drift's.
+`python benchmarks/drift_table.py --reversible` gives docs/reversible.md's table instead:
+the hamiltonian example deepened and widened (no batchnorm inside the units).
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ CASES = {
         "preact_resnet.yaml", "preact_resnet.yaml", ["L=1", "width=4"], ["L=2", "width=6"]),
 }  # fmt: skip
 FAMILIES = ["r2r", "net2net", "netmorph", "randpad"]
+REVERSIBLE = {
+    "hamiltonian deepen (2 -> 4 steps per unit)": (
+        "hamiltonian.yaml", "hamiltonian_deep.yaml", None, None),
+    "hamiltonian widen (channels 8 -> 12, hidden 8 -> 12)": (
+        "hamiltonian.yaml", "hamiltonian_wide.yaml", None, None),
+    "hamiltonian widen hidden only (8 -> 12)": (
+        "hamiltonian.yaml", "hamiltonian.yaml", None, ["hidden=12"]),
+}  # fmt: skip
 
 
 def main() -> None:
@@ -38,10 +48,11 @@ def main() -> None:
     print("| new block | family | SGD k=1 | SGD k=10 | Adam k=1 | Adam k=10 |")
     print("| --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, (t, s, t_set, s_set) in CASES.items():
+        reversible = "--reversible" in sys.argv
+        for label, (t, s, t_set, s_set) in (REVERSIBLE if reversible else CASES).items():
             ckpt = make_teacher(SPECS / t, t_set, out=Path(tmp) / "t.safetensors")
             teacher = morphspec.load(SPECS / t, ckpt, set=t_set)
-            for family in FAMILIES:
+            for family in ["r2r", "netmorph", "randpad"] if reversible else FAMILIES:
                 result = grow(
                     teacher, SPECS / t, SPECS / s, teacher_set=t_set, student_set=s_set,
                     family=family, noise=0.05 if family == "net2net" else 0.0,

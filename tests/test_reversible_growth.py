@@ -198,3 +198,35 @@ def test_ode_refine_converts_and_reports_the_deviation(tmp_path: Path, unit: str
             if key.startswith("unit2.0."):
                 assert torch.equal(s[key.replace(".0.", f".{j}.", 1)],
                                    t[key.replace(".0.", f".{j // 2}.", 1)])  # fmt: skip
+
+
+def test_ode_refine_optimizer_state_follows_the_refined_steps() -> None:
+    spec = SPECS / "leapfrog.yaml"
+    teacher = _teacher(spec)
+    opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
+    teacher(torch.randn(2, 3, 32, 32, dtype=torch.float64)).square().sum().backward()
+    opt.step()
+    result = grow(teacher, spec, spec, optimizer=opt, family="ode-refine",
+                  student_set=["steps=4", "h=0.05"], verify=False)  # fmt: skip
+    assert result.optimizer is not None
+    params = dict(result.student.named_parameters())
+    t_params = dict(teacher.named_parameters())
+    for j in range(4):
+        got = result.optimizer.state[params[f"unit1.{j}.k.weight"]]["exp_avg"]
+        want = opt.state[t_params[f"unit1.{j // 2}.k.weight"]]["exp_avg"]
+        assert torch.equal(got, want), j
+
+
+def test_optimizer_state_follows_the_halves() -> None:
+    """The moments are permuted with their parameters: old Z's state lands at 6-9 too."""
+    spec = SPECS / "hamiltonian.yaml"
+    teacher = _teacher(spec)
+    opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
+    teacher(torch.randn(2, 3, 32, 32, dtype=torch.float64)).square().sum().backward()
+    opt.step()
+    result = grow(teacher, spec, SPECS / "hamiltonian_wide.yaml", optimizer=opt, rtol=RTOL)
+    assert result.optimizer is not None
+    got = result.optimizer.state[dict(result.student.named_parameters())["stem.weight"]]
+    want = opt.state[dict(teacher.named_parameters())["stem.weight"]]
+    assert torch.equal(got["exp_avg"][[0, 1, 2, 3, 6, 7, 8, 9]], want["exp_avg"])
+    assert not got["exp_avg"][[4, 5, 10, 11]].any()

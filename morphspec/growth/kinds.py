@@ -139,9 +139,8 @@ class KindRule:
     """Writes its input's channels, then zero channels (channel_pad): its output space is
     derived from its input's, which growth/segments.py follows."""
     freezes_input: str = ""
-    """Why the space entering this kind cannot widen (empty: it can), e.g. channel_pad,
-    whose zero channels sit right after the input's: new input channels would land on
-    positions the next layer already reads as zeros."""
+    """Why the space entering this kind cannot widen (empty: it can). No kind sets it
+    today: channel_pad, which did, now grows with its input (growth/segments.py)."""
     zero_gain: tuple[str, ...] = ()
     """Parameters that, set to 0, make the op output 0 whatever its input, in eval and in
     train mode (batchnorm's gain and shift): a new residual block that ends in this kind

@@ -132,10 +132,11 @@ def map_optimizer(
     flat = [k for ks in keys for k in ks]
     state: dict[int, dict[str, Any]] = {}
     for i, name in enumerate(flat):
-        old = old_state.get(t_index.get(name, -1))
+        src = family.source_key(name)  # ode-refine: the step this one refines
+        old = old_state.get(t_index.get(src, -1))
         if not old:
             continue  # a new parameter (or one never stepped) starts from zero state
-        tshape = tuple(teacher_keys[name].shape)
+        tshape = tuple(teacher_keys[src].shape)
         mmap = moment_map(mapper, name, tshape) if tshape != tuple(student.get_parameter(
             name).shape) or mapper.rescaler.touches(name) else None  # fmt: skip
         entry: dict[str, Any] = {}

@@ -230,3 +230,12 @@ def test_optimizer_state_follows_the_halves() -> None:
     want = opt.state[dict(teacher.named_parameters())["stem.weight"]]
     assert torch.equal(got["exp_avg"][[0, 1, 2, 3, 6, 7, 8, 9]], want["exp_avg"])
     assert not got["exp_avg"][[4, 5, 10, 11]].any()
+
+
+def test_memory_mode_may_change(tmp_path: Path) -> None:
+    """`memory` changes only how backward is computed, so store -> recompute is no growth."""
+    text = (SPECS / "hamiltonian.yaml").read_text(encoding="utf-8")
+    stored = text.replace("h: h}", "h: h, memory: store}")
+    assert stored.count("memory: store") == 3
+    _, _, plan = plan_for(write_spec(tmp_path / "t.yaml", stored), SPECS / "hamiltonian.yaml")
+    assert not plan.ops

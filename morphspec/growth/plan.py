@@ -9,7 +9,6 @@ kind, stride or kernel, a different input or output) is refused with both YAML p
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from morphspec.errors import PlanRefused, Problem
 from morphspec.growth.align import align
 from morphspec.growth.graph import SpaceGraph, space_graph
 from morphspec.growth.kinds import rule_of
+from morphspec.growth.steps import AddSteps, steps_op
 from morphspec.growth.unknown import unfilled_layouts, unknown_kinds, unruled_dims
 from morphspec.spec import load_spec
 from morphspec.spec.load import SetArg
@@ -29,7 +29,7 @@ __all__ = [
     "WidenSpace", "diff", "plan_for",
 ]  # fmt: skip
 
-IGNORED = {"momentum"}  # training-time only: never changes what eval mode computes
+IGNORED = {"momentum", "memory"}  # training-time only: never change what the network computes
 
 
 @dataclass(frozen=True)
@@ -83,23 +83,6 @@ class InsertLayers:
 
     layers: tuple[str, ...]
     op: str = "insert_layers"
-
-
-@dataclass(frozen=True)
-class AddSteps:
-    """A reversible unit's `steps` grow from `old` to `new`. With `new_h == old_h` steps are
-    appended; with `new_h·new == old_h·old` the same time span is refined (ode-refine)."""
-
-    unit: str
-    old: int
-    new: int
-    old_h: float
-    new_h: float
-    op: str = "add_steps"
-
-    @property
-    def refines(self) -> bool:
-        return self.new_h != self.old_h
 
 
 Op = WidenSpace | InsertBlocks | AddProjection | GrowKernel | InsertLayers | AddSteps
@@ -255,7 +238,7 @@ def diff(teacher: Arch, student: Arch) -> Plan:
         if grown is not None:
             ops.append(grown)
         skip = {"kernel", "padding"} if grown else set()
-        steps = _steps(t, s)
+        steps = steps_op(t, s)
         if isinstance(steps, Problem):
             problems.append(steps)
         elif steps is not None:
@@ -325,25 +308,6 @@ def _grown_kernel(t: Node, s: Node) -> GrowKernel | None:
     if s.args["padding"] - t.args["padding"] != dil * (sk - tk) // 2:
         return None
     return GrowKernel(t.path, tk, sk)
-
-
-def _steps(t: Node, s: Node) -> AddSteps | Problem | None:
-    """A stepped unit's `steps` and `h`: appended steps keep `h`; refined ones keep the time
-    span steps·h (an integer factor more steps)."""
-    rule = rule_of(t.kind)
-    if rule is None or not rule.stepped:
-        return None
-    (old, new), (old_h, new_h) = ((t.args[a], s.args[a]) for a in ("steps", "h"))
-    if old_h == new_h:
-        return AddSteps(t.path, old, new, old_h, new_h) if new > old else None
-    if new > old and new % old == 0 and math.isclose(new * new_h, old * old_h, rel_tol=1e-12):
-        return AddSteps(t.path, old, new, old_h, new_h)
-    return Problem(
-        f"'{t.path}': h changes from {old_h:g} to {new_h:g} with steps {old} -> {new}"
-        f" ({_where(t, s)}); h may change only to refine the same time span: steps times an"
-        f" integer r and h divided by r (steps {2 * old}, h {old_h / 2:g})",
-        s.mark,
-    )
 
 
 def _last_layer(arch: Arch) -> Node:

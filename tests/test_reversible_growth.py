@@ -4,6 +4,7 @@ entries and biases get, each refusal with its message and YAML place, and ode-re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -239,3 +240,21 @@ def test_memory_mode_may_change(tmp_path: Path) -> None:
     assert stored.count("memory: store") == 3
     _, _, plan = plan_for(write_spec(tmp_path / "t.yaml", stored), SPECS / "hamiltonian.yaml")
     assert not plan.ops
+
+
+def test_cli_ode_refine_reports_and_exact_refusal_exits_1(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from morphspec.cli.app import app
+
+    spec = SPECS / "leapfrog.yaml"
+    ckpt = make_teacher(spec, out=tmp_path / "t.safetensors")
+    args = ["convert", str(spec), str(SPECS / "leapfrog_deep.yaml"), str(ckpt), "-o"]
+    ok = CliRunner().invoke(app, [*args, str(tmp_path / "a.safetensors"), "--family",
+                                  "ode-refine", "--json"])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    doc = json.loads(ok.stdout)
+    assert doc["family"] == "ode-refine" and doc["verification"]["rel_err"] > 0
+    bad = CliRunner().invoke(app, [*args, str(tmp_path / "b.safetensors")])
+    assert bad.exit_code == 1 and "--family ode-refine" in bad.output
+    assert f"{spec}:14:" in bad.output and not (tmp_path / "b.safetensors").exists()

@@ -258,3 +258,6 @@ def test_cli_ode_refine_reports_and_exact_refusal_exits_1(tmp_path: Path) -> Non
     bad = CliRunner().invoke(app, [*args, str(tmp_path / "b.safetensors")])
     assert bad.exit_code == 1 and "--family ode-refine" in bad.output
     assert f"{spec}:14:" in bad.output and not (tmp_path / "b.safetensors").exists()
+    diff = CliRunner().invoke(app, ["diff", str(SPECS / "hamiltonian.yaml"),
+                                    str(SPECS / "hamiltonian_wide.yaml")])  # fmt: skip
+    assert diff.exit_code == 0 and "new rows of the tied K zero" in diff.output, diff.output

@@ -12,6 +12,8 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 import typer
 from rich.table import Table
 
+from morphspec.growth.graph import ChannelSpace
+from morphspec.growth.kinds import rule_of
 from morphspec.growth.options import GrowOptions, option_infos
 from morphspec.growth.plan import (
     AddSteps,
@@ -102,11 +104,14 @@ def plan_table(plan: Plan, family: str = "r2r") -> Table:
     table.add_column("operation")
     table.add_column("where")
     table.add_column("change", justify="right")
+    tied = {sp.label for sp in plan.graph.spaces if _inner_of_tied(plan, sp)}
     for op in plan.ops:
         if isinstance(op, WidenSpace):
             odd = f" + {op.odd} unpaired" if op.odd else ""
             where = op.space if len(op.edges) <= 1 else f"{op.space} (+{len(op.edges) - 1} joined)"
             how = f"{op.pairs} pairs{odd}" if family == "r2r" else f"+{op.new - op.old} channels"
+            if op.space in tied and family not in ("randpad", "ode-refine"):
+                how = f"+{op.new - op.old}, new rows of the tied K zero"
             table.add_row("widen", where, f"{op.old} -> {op.new} ({how})")
         elif isinstance(op, InsertBlocks):
             table.add_row("insert blocks", op.repeat, f"{op.old_times} -> {op.new_times} copies")
@@ -122,3 +127,12 @@ def plan_table(plan: Plan, family: str = "r2r") -> Table:
     if not plan.ops:
         table.add_row("none", "", "the student has the teacher's architecture")
     return table
+
+
+def _inner_of_tied(plan: Plan, space: ChannelSpace) -> bool:
+    """A unit's hidden space: written only by rows of tied kernels (no pairs there)."""
+    producers = [r for r in space.roles if r.kind == "producer" and r.dim == 0]
+    return bool(producers) and all(
+        (rule := rule_of(plan.student.node(r.node).kind)) is not None and rule.stepped
+        for r in producers
+    )

@@ -396,3 +396,13 @@ def test_a_non_finite_teacher_is_named(tmp_path: Path) -> None:
         teacher.get_parameter("fc2.weight")[0, 0] = float("nan")
     with pytest.raises(MorphError, match=r"not finite: tensor 'fc2\.weight'"):
         grow(teacher, spec, spec, student_set=["width=9"])
+
+
+def test_convert_checks_a_float64_teacher_in_float64(tmp_path: Path) -> None:
+    """convert's own check must not hide eps-sized slips behind float32 round-off."""
+    spec = _spec(tmp_path, RESNET)
+    ckpt = morphspec.save(_teacher(spec, ["blocks=1"]), tmp_path / "t64.safetensors", spec,
+                          set=["blocks=1"])  # fmt: skip
+    result = convert(spec, spec, ckpt, tmp_path / "s.safetensors", teacher_set=["blocks=1"],
+                     student_set=["blocks=2", "width=6"], rtol=TOL)  # fmt: skip
+    assert result.verification is not None and result.verification.rel_err <= TOL

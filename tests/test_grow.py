@@ -15,7 +15,7 @@ from torch import nn
 import morphspec
 from morphspec.convert import convert
 from morphspec.errors import MorphError, PlanRefused
-from morphspec.grow import GrowResult, grow
+from morphspec.growing import GrowResult, grow
 from morphspec.verify import compare, sample_inputs
 
 SPECS = Path(__file__).resolve().parents[1] / "examples" / "specs"
@@ -421,3 +421,16 @@ def test_new_entries_start_with_a_calm_adam_state(tmp_path: Path) -> None:
     result.optimizer.step()
     lr = opt.param_groups[0]["lr"]
     assert float((w_s.detach() - before)[6:].abs().max()) < lr
+
+
+def test_morphspec_grow_is_the_function_and_import_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, morphspec; assert 'torch' not in sys.modules;"
+        " import morphspec.growing, morphspec.convert;"
+        " assert callable(morphspec.grow) and morphspec.grow.__module__ == 'morphspec.api'"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

@@ -57,10 +57,10 @@ class Digits:
 
 
 def _distort(images: Tensor, gen: torch.Generator, size: int, noise: float) -> Tensor:
-    """Each 8x8 image resampled once to size x size through a random rotation (±15°),
+    """Each 8x8 image resampled once to size x size through a random rotation (±20°),
     scale (0.9-1.1) and shift (±7.5% of the side), then Gaussian pixel noise."""
     n = images.shape[0]
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(15)
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(20)
     scale = 0.9 + 0.2 * torch.rand(n, generator=gen)
     shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.15
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
@@ -73,7 +73,7 @@ def _distort(images: Tensor, gen: torch.Generator, size: int, noise: float) -> T
     return (out - 0.25) / 0.5
 
 
-def load_digits(size: int = 16, noise: float = 0.2, copies: int = 1) -> Digits:
+def load_digits(size: int = 16, noise: float = 0.25, copies: int = 1) -> Digits:
     """Fixed, seeded split (75/25, stratified) and fixed distortions; `copies` distorted
     versions of each training image."""
     try:
@@ -108,6 +108,7 @@ class Config:
     noise: float = 1e-2  # Net2Net's symmetry-breaking noise
     train_limit: int | None = None
     seed_new_state: bool = True  # see seed_new_entries
+    budget: str = "flops"  # grown runs: "flops" (the scratch run's) or "epochs" (its count)
 
 
 @dataclass
@@ -143,10 +144,10 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 class Trainer:
     """Runs epochs [start, stop) of the shared schedule on one model, appending to a curve."""
 
-    def __init__(self, data: Digits, cfg: Config, seed: int) -> None:
+    def __init__(self, data: Digits, cfg: Config, seed: int, epochs: int) -> None:
         self.data, self.cfg, self.seed = data, cfg, seed
         self.steps_per_epoch = math.ceil(len(data.y_train) / cfg.batch)
-        self.total = cfg.epochs * self.steps_per_epoch
+        self.total = epochs * self.steps_per_epoch
 
     def run(
         self,
@@ -204,12 +205,23 @@ def adam(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
 
+def grown_epochs(cfg: Config, t_flops: float, s_flops: float) -> int:
+    """The grown runs' last epoch. Budget "epochs": the scratch run's. Budget "flops": as
+    many student epochs after the growth as keep the run within the scratch run's FLOPs,
+    G·t + k·s ≤ E·s, so k = floor(E − G·t/s)."""
+    if cfg.budget == "epochs":
+        return cfg.epochs
+    return cfg.grow_at + math.floor(cfg.epochs - cfg.grow_at * t_flops / s_flops + 1e-9)
+
+
 def run_seed(
     data: Digits, cfg: Config, seed: int, t_arch: morphspec.Arch, s_arch: morphspec.Arch
 ) -> dict[str, Curve]:
     """The scratch student, then the teacher up to the growth and each family after it."""
-    tr = Trainer(data, cfg, seed)
+    tr = Trainer(data, cfg, seed, cfg.epochs)
     t_flops, s_flops = float(t_arch.flops()), float(s_arch.flops())
+    end = grown_epochs(cfg, t_flops, s_flops)
+    tr_grown = Trainer(data, cfg, seed, end)  # its schedule spans teacher and student
     curves = {"scratch": Curve()}
     student = new_model(s_arch, seed)
     tr.run(student, adam(student, cfg), 0, cfg.epochs, s_flops, curves["scratch"])
@@ -218,7 +230,7 @@ def run_seed(
     teacher = new_model(t_arch, seed)
     t_opt = adam(teacher, cfg)
     t_curve = Curve()
-    tr.run(teacher, t_opt, 0, cfg.grow_at, t_flops, t_curve)
+    tr_grown.run(teacher, t_opt, 0, cfg.grow_at, t_flops, t_curve)
     for family in FAMILIES:
         # copies, so that no family's training can touch the teacher or its optimizer state
         t_copy, o_copy = copy.deepcopy((teacher, t_opt))
@@ -241,7 +253,7 @@ def run_seed(
             "teacher_acc": accuracy(teacher, data.x_test, data.y_test),
             "grown_acc": accuracy(grown.student, data.x_test, data.y_test),
         }
-        tr.run(grown.student, grown.optimizer, cfg.grow_at, cfg.epochs, s_flops, curve)
+        tr_grown.run(grown.student, grown.optimizer, cfg.grow_at, end, s_flops, curve)
         curves[family] = curve
         print(f"  seed {seed} {family}: {curve.acc[-1]:.2f}%", flush=True)
     return curves
@@ -337,6 +349,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--grow-at", type=int, default=None, help="epoch at which the teacher grows")
     p.add_argument("--lr", type=float, default=Config.lr, help="Adam's peak learning rate")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (small layers: 1)")
+    p.add_argument(
+        "--mapped-adam-as-is",
+        action="store_true",
+        help="keep morphspec.grow's Adam state for new entries as mapped (see seed_new_entries)",
+    )
+    p.add_argument(
+        "--budget",
+        choices=("flops", "epochs"),
+        default="flops",
+        help="grown runs train within the scratch run's FLOPs (default) or for its epochs",
+    )
     p.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     p.add_argument("--out", type=Path, default=Path("grow_and_train_out"), help="output folder")
     return p.parse_args(argv)
@@ -345,7 +368,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     torch.set_num_threads(args.threads)
-    cfg = Config(lr=args.lr)
+    cfg = Config(lr=args.lr, seed_new_state=not args.mapped_adam_as_is, budget=args.budget)
     seeds = args.seeds
     if args.quick:
         cfg.epochs, cfg.grow_at, cfg.train_limit, seeds = 3, 1, 400, 1

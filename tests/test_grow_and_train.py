@@ -52,9 +52,9 @@ def test_quick_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(scratch["curve_acc_mean"]) == len(scratch["curve_flops"]) == epochs
     for name in names[1:]:
         r = runs[name]
-        assert len(r["curve_flops"]) == epochs
-        # growing is cheaper: the first epochs ran on the small teacher
-        assert r["train_flops"] < scratch["train_flops"]
+        assert len(r["curve_flops"]) == len(r["curve_acc_mean"]) >= epochs
+        # within the scratch run's budget; cheaper per epoch before the growth
+        assert r["train_flops"] <= scratch["train_flops"]
         assert r["curve_flops"][grow_at - 1] < scratch["curve_flops"][grow_at - 1]
         for at in r["at_growth"]:
             if name == "randpad":

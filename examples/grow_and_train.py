@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import morphspec
-from morphspec.grow import grow
 
 SPECS = Path(__file__).resolve().parent / "specs"
 TEACHER = SPECS / "digits_resnet.yaml"
@@ -107,7 +106,6 @@ class Config:
     warmup: int = 1
     noise: float = 1e-2  # Net2Net's symmetry-breaking noise
     train_limit: int | None = None
-    seed_new_state: bool = True  # see seed_new_entries
     budget: str = "flops"  # grown runs: "flops" (the scratch run's) or "epochs" (its count)
 
 
@@ -178,24 +176,6 @@ class Trainer:
             curve.acc.append(accuracy(model, d.x_test, d.y_test))
 
 
-def seed_new_entries(optimizer: torch.optim.Optimizer) -> int:
-    """Work around the mapped Adam state of widened tensors: their new entries get zero
-    moments but the tensor's `step` is the teacher's, so Adam's bias correction is ~1 and
-    their first updates are (1-b1)/sqrt(1-b2) ~ 3x the learning rate (up to ~6x by step 10,
-    still ~3x after 100 steps). Give those entries the tensor's mean second moment instead,
-    as if they had seen gradients of its typical size. Returns the number of entries."""
-    fixed = 0
-    for state in optimizer.state.values():
-        v, m = state.get("exp_avg_sq"), state.get("exp_avg")
-        if v is None or m is None:
-            continue
-        new = (v == 0) & (m == 0)
-        if bool(new.any()) and bool((~new).any()):
-            v[new] = v[~new].mean()
-            fixed += int(new.sum())
-    return fixed
-
-
 def new_model(arch: morphspec.Arch, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return morphspec.build(arch).train()
@@ -234,7 +214,7 @@ def run_seed(
     for family in FAMILIES:
         # copies, so that no family's training can touch the teacher or its optimizer state
         t_copy, o_copy = copy.deepcopy((teacher, t_opt))
-        grown = grow(
+        grown = morphspec.grow(
             t_copy,
             TEACHER,
             STUDENT,
@@ -245,8 +225,6 @@ def run_seed(
             verify=True,
         )
         assert grown.optimizer is not None
-        if cfg.seed_new_state:
-            seed_new_entries(grown.optimizer)
         curve = copy.deepcopy(t_curve)
         curve.info = {
             "rel_err": grown.rel_err,
@@ -350,11 +328,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=Config.lr, help="Adam's peak learning rate")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (small layers: 1)")
     p.add_argument(
-        "--mapped-adam-as-is",
-        action="store_true",
-        help="keep morphspec.grow's Adam state for new entries as mapped (see seed_new_entries)",
-    )
-    p.add_argument(
         "--budget",
         choices=("flops", "epochs"),
         default="flops",
@@ -368,7 +341,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     torch.set_num_threads(args.threads)
-    cfg = Config(lr=args.lr, seed_new_state=not args.mapped_adam_as_is, budget=args.budget)
+    cfg = Config(lr=args.lr, budget=args.budget)
     seeds = args.seeds
     if args.quick:
         cfg.epochs, cfg.grow_at, cfg.train_limit, seeds = 3, 1, 400, 1

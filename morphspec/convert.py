@@ -19,7 +19,7 @@ from morphspec.arch import Arch
 from morphspec.checkpoint import CheckpointReader, check_finite, make_metadata, write_safetensors
 from morphspec.checkpoint.output import check_target, commit, staging_file
 from morphspec.errors import Mark, NotPreservingError
-from morphspec.grow import prepare
+from morphspec.growing import prepare
 from morphspec.growth.apply import student_entries
 from morphspec.growth.families import Family
 from morphspec.growth.options import GrowOptions

@@ -15,7 +15,7 @@ from growth_helpers import make_teacher, one_intraop_thread, write_spec
 import morphspec
 from morphspec.convert import convert
 from morphspec.errors import PlanRefused
-from morphspec.grow import GrowResult, grow
+from morphspec.growing import GrowResult, grow
 from morphspec.growth.plan import plan_for
 
 ROOT = Path(__file__).resolve().parents[1]

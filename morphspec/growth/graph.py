@@ -82,6 +82,8 @@ class SpaceGraph:
     tensor_roles: dict[str, list[tuple[Role, int]]]
     input_nonneg: dict[str, bool]
     """Whether the tensor entering each node (by path) is known to be non-negative."""
+    input_space: dict[str, int] = field(default_factory=dict)
+    """The space of the tensor entering each node, by path (a tied head reads it)."""
 
     def roles(self, key: str) -> Iterator[tuple[Role, ChannelSpace]]:
         for role, sid in self.tensor_roles.get(key, []):
@@ -125,6 +127,7 @@ class _Builder:
         self.frozen: list[tuple[str, str]] = []
         self.nonneg: dict[str, bool] = {}
         self.input_nonneg: dict[str, bool] = {}
+        self.input_edge: dict[str, str] = {}
 
     def edge(self, name: str, size: int, nonneg: bool = False) -> str:
         self.uf.add(name)
@@ -139,6 +142,7 @@ class _Builder:
     def walk(self, node: Node, edge: str, mult: int) -> tuple[str, int]:
         kind = node.kind
         self.input_nonneg[node.path] = self.nonneg.get(edge, False)
+        self.input_edge[node.path] = edge
         if kind in ("sequential", "repeat"):
             for child in node.children:
                 edge, mult = self.walk(child, edge, mult)
@@ -227,4 +231,5 @@ def space_graph(arch: Arch) -> SpaceGraph:
         spaces[edge_space[edge]].ops.append((path, kind))
     spaces[edge_space[first]].is_input = True
     spaces[edge_space[last]].is_output = True
-    return SpaceGraph(spaces, edge_space, tensor_roles, dict(b.input_nonneg))
+    inputs = {path: edge_space[e] for path, e in b.input_edge.items()}
+    return SpaceGraph(spaces, edge_space, tensor_roles, dict(b.input_nonneg), inputs)

@@ -18,6 +18,7 @@ from morphspec.arch.nodes import Arch, Node
 from morphspec.errors import PlanRefused, Problem
 from morphspec.growth.align import align
 from morphspec.growth.graph import SpaceGraph, space_graph
+from morphspec.growth.groups import head_growths
 from morphspec.growth.kinds import rule_of
 from morphspec.growth.unknown import unfilled_layouts, unknown_kinds, unruled_dims
 from morphspec.spec import load_spec
@@ -221,14 +222,6 @@ def diff(teacher: Arch, student: Arch) -> Plan:
                 s.mark,
             ))  # fmt: skip
             continue
-        if t.args.get("tie") and t.inp.channels != s.inp.channels:  # until growth knows ties
-            problems.append(Problem(
-                f"'{path}' shares the weight of '{t.args['tie']}' (tie), and growth cannot yet"
-                f" widen a tied pair ({t.inp.channels} -> {s.inp.channels}; {_where(t, s)});"
-                " keep the width, or untie the head in both specs",
-                s.mark,
-            ))  # fmt: skip
-            continue
         grown = _grown_kernel(t, s)
         if grown is not None:
             ops.append(grown)
@@ -266,6 +259,7 @@ def diff(teacher: Arch, student: Arch) -> Plan:
     kernels = {op.layer: op for op in ops if isinstance(op, GrowKernel)}
     problems = unruled_dims(teacher, student, graph, teacher_size, set(kernels))
     problems += unfilled_layouts(student, graph, teacher_size)
+    problems += head_growths(teacher, student)[1]
     if problems:
         raise PlanRefused(problems)
     return Plan(

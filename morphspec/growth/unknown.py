@@ -11,6 +11,7 @@ from __future__ import annotations
 from morphspec.arch.nodes import Arch
 from morphspec.errors import Problem
 from morphspec.growth.graph import SpaceGraph
+from morphspec.growth.groups import GROUPED_KINDS
 from morphspec.growth.kinds import rule_of
 
 __all__ = ["unfilled_layouts", "unknown_kinds", "unruled_dims"]
@@ -71,7 +72,10 @@ def unfilled_layouts(student: Arch, graph: SpaceGraph, sizes: dict[int, int]) ->
             node = student.node(role.node)
             rule = rule_of(node.kind)
             tie = rule.tie_of(role.key[len(node.path) + 1 :], role.dim) if rule else None
-            if role.layout.kind == "append" and tie is None:
+            if tie is None and (
+                role.layout.kind == "append"
+                or (role.layout.kind == "groups" and node.kind in GROUPED_KINDS)
+            ):
                 continue
             what = f"tied ({' and '.join(tie.roles)})" if tie else role.layout.describe()
             problems.append(Problem(

@@ -27,6 +27,7 @@ from morphspec.arch.nodes import Node
 from morphspec.errors import PlanRefused, Problem
 from morphspec.growth.conditions import FAMILY_CONDITIONS, Conditions
 from morphspec.growth.graph import ChannelSpace, Role
+from morphspec.growth.groups import register_groups, repeat_kv
 from morphspec.growth.init import (
     add_normal,
     generator,
@@ -35,6 +36,7 @@ from morphspec.growth.init import (
     uniform_into,
 )  # fmt: skip
 from morphspec.growth.kinds import KindRule, kinds_where, rule_of
+from morphspec.growth.lifts import check_lifts, lift_consume, lift_produce
 from morphspec.growth.options import GrowOptions, RescaleMode
 from morphspec.growth.plan import Plan
 from morphspec.growth.rescale import Rescaler, rescale
@@ -57,6 +59,15 @@ class Facts:
     """Tensors that start at zero: new residual blocks' last layers (or last norm's gain)."""
     zero_rows: set[str] = field(default_factory=set)
     """Weights whose every row must output zero (R2R's paired last layer of a new block)."""
+    units: dict[int, tuple[ChannelSpace, int]] = field(default_factory=dict)
+    """Heads and kv spaces filled by whole kv groups: the proxy space of groups and the
+    entries per group (growth/groups.py)."""
+    repeats: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """kv spaces whose heads repeat: (factor, head_dim)."""
+    lifts: dict[int, int] = field(default_factory=dict)
+    """Spaces through a norm widened by the duplication lift, with its factor k."""
+    scaled: dict[str, int] = field(default_factory=dict)
+    """Norm tensors divided by k before a tied head (growth/lifts.py)."""
 
     def widened(self, space: ChannelSpace) -> bool:
         return space.size > self.sizes[space.id]
@@ -101,6 +112,8 @@ class Family:
     exact: ClassVar[bool] = True
     identity_deepen: ClassVar[bool] = False
     pairs_new_spaces: ClassVar[bool] = False
+    lift_split: ClassVar[bool] = False
+    """Under the duplication lift, consumers read W/k + R_j, W/k − ΣR_j (R2R), not W/k."""
 
     def __init__(
         self, plan: Plan, options: GrowOptions | None = None,
@@ -144,15 +157,13 @@ class Family:
         filling will need is recorded in `facts` (and nowhere else)."""
         problems: list[Problem] = []
         plan = self.plan
+        problems += register_groups(
+            plan.teacher, plan.student, plan.graph, facts.sizes, facts.units, facts.repeats
+        )
+        problems += check_lifts(
+            plan.student, plan.graph, facts.sizes, self.exact, facts.lifts, facts.scaled
+        )
         for space in plan.graph.spaces:
-            if facts.widened(space) and space.mixing_norms and self.exact:
-                norm = plan.student.node(space.mixing_norms[0])
-                problems.append(Problem(
-                    f"channel space '{space.label}' passes through {norm.kind} '{norm.path}',"
-                    f" whose statistics mix channels: {self.name} would change them. Keep that"
-                    " width, or wait for norm-preserving lifts",
-                    norm.mark,
-                ))  # fmt: skip
             if facts.widened(space) and space.frozen_by:
                 node = plan.student.node(space.frozen_by[0])
                 why = _rule(node).freezes_input or (
@@ -220,6 +231,9 @@ class Family:
         problems: list[Problem] = []
         nonneg = self.plan.graph.input_nonneg.get(node.path, False)
         for post in node.post:
+            if post.kind == "residual":  # a nested block (gpt_mini's ffn): it starts at zero too
+                problems.extend(self.check_residual_block(post, facts))
+                continue
             rule = rule_of(post.kind)
             on_nonneg = rule is not None and rule.identity_on_nonneg
             if (rule is not None and rule.is_identity) or (on_nonneg and nonneg):
@@ -229,6 +243,11 @@ class Family:
                 if on_nonneg
                 else "it is not the identity on the stream"
             )
+            if rule is not None and rule.mixes_channels:
+                why = (
+                    "a post-norm block normalises x + F(x), and norm(x) ≠ x: no choice of the"
+                    " new block's weights makes it the identity (grow pre-norm blocks)"
+                )
             problems.append(Problem(
                 f"new block '{node.path}': its post op {post.kind} must be the identity on"
                 f" the incoming stream so the block starts as the identity, but {why}",
@@ -427,16 +446,34 @@ class Family:
             x[region] = teacher
         self.fix(key, node_path, local, x)
         old_rows = int(teacher.shape[0]) if teacher is not None and teacher.dim() else 0
+        lifts, repeats = self.facts.lifts, self.facts.repeats
         for role, space in roles:
-            if role.kind == "consumer" and self.applies_to(space):
+            if role.kind == "consumer" and space.id in lifts:
                 rows = self.protected_rows(x, key, old_rows)
                 if rows is not None:
                     v, d = channel_view(rows, role.dim, role.mult)
+                    lift_consume(v, d, self.sizes[space.id], lifts[space.id], self.lift_split)
+                continue
+            space, mult = self.facts.units.get(space.id, (space, role.mult))
+            if role.kind == "consumer" and self.applies_to(space):
+                rows = self.protected_rows(x, key, old_rows)
+                if rows is not None:
+                    v, d = channel_view(rows, role.dim, mult)
                     self.consume(v, d, space, key)
         for role, space in roles:
-            if role.kind != "consumer" and self.applies_to(space):
+            if space.id in repeats and role.dim == 0 and old_rows:
+                repeat_kv(x, old_rows, *repeats[space.id])
+        for role, space in roles:
+            if role.kind != "consumer" and space.id in lifts:
                 v, d = channel_view(x, role.dim, role.mult)
+                lift_produce(v, d, self.sizes[space.id], lifts[space.id])
+                continue
+            space, mult = self.facts.units.get(space.id, (space, role.mult))
+            if role.kind != "consumer" and self.applies_to(space) and space.id not in repeats:
+                v, d = channel_view(x, role.dim, mult)
                 self.produce(v, d, space, key, role)
+        if key in self.facts.scaled:
+            x.div_(self.facts.scaled[key])
         return x
 
     def _new_entries(

@@ -25,6 +25,7 @@ proportion) and a changed head_dim are refused with the reason.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -35,7 +36,7 @@ from morphspec.growth.graph import ChannelSpace, SpaceGraph
 if TYPE_CHECKING:  # plan.py imports this module, and planning imports no torch
     import torch
 
-__all__ = ["GROUPED_KINDS", "HeadGrowth", "head_growths", "register_groups", "repeat_kv"]
+__all__ = ["GROUPED_KINDS", "HeadGrowth", "InsideFill", "head_growths", "register_groups", "repeat_kv"]
 
 GROUPED_KINDS = frozenset({"attention"})
 """Kinds whose `groups` layouts this module fills (others are refused by the planner)."""
@@ -53,6 +54,8 @@ class HeadGrowth:
     heads_unit: int
     """Entries of the heads space per kv group: g·head_dim."""
     head_dim: int
+    old_head_dim: int = 0
+    """The teacher's head_dim when it grows (0: kept)."""
 
 
 def _heads(n: Node) -> tuple[int, int, int]:
@@ -73,11 +76,23 @@ def head_growths(teacher: Arch, student: Arch) -> tuple[dict[str, HeadGrowth], l
             growths[s.path] = HeadGrowth(s.path, "groups", 0, k2, h2 // k2 * d2, d2)
             continue
         h1, k1, d1 = _heads(t)
-        if d1 != d2 or (h1, k1) == (h2, k2) or h2 < h1 or k2 < k1:
-            continue  # head_dim and shrinking are refused by the argument comparison
+        if (h1, k1, d1) == (h2, k2, d2) or h2 < h1 or k2 < k1 or d2 < d1:
+            continue  # shrinking is refused by the argument comparison
+        inside = d1 if d2 > d1 else 0
+        if inside and s.args["rope"]:
+            problems.append(Problem(
+                f"attention '{s.path}': head_dim {d1} -> {d2} with rope: rotary pair i of a"
+                f" head, entries (i, i + head_dim/2), turns by pos·θ^(-2i/head_dim), so a new"
+                " head_dim moves the old pairs and changes their frequencies. Keeping them"
+                f" needs the old entries at (i, i + {d2 // 2}) and rope_theta = θ^({d2}/{d1}),"
+                " but the cos/sin table is computed in float32, as Hugging Face does, and"
+                " would not round the same, so growth refuses. Keep head_dim and add heads",
+                s.mark,
+            ))  # fmt: skip
+            continue
         if h1 // k1 == h2 // k2:
-            growths[s.path] = HeadGrowth(s.path, "groups", k1, k2, h2 // k2 * d2, d2)
-        elif h1 == h2 and k2 % k1 == 0:
+            growths[s.path] = HeadGrowth(s.path, "groups", k1, k2, h2 // k2 * d2, d2, inside)
+        elif h1 == h2 and k2 % k1 == 0 and not inside:
             growths[s.path] = HeadGrowth(s.path, "repeat", k1, k2, 0, d2)
         else:
             problems.append(Problem(
@@ -85,7 +100,7 @@ def head_growths(teacher: Arch, student: Arch) -> tuple[dict[str, HeadGrowth], l
                 f" head h reads kv head h // (heads/kv_heads), and {h1 // k1} -> {h2 // k2}"
                 " query heads per kv head would move old query heads to another kv head."
                 " Grow kv_heads in proportion (whole kv groups are appended), or grow"
-                " kv_heads alone to a multiple (each kv head is repeated)",
+                " kv_heads alone to a multiple (each kv head is repeated, head_dim kept)",
                 s.mark,
             ))  # fmt: skip
     return growths, problems
@@ -98,6 +113,7 @@ def _space(graph: SpaceGraph, key: str) -> ChannelSpace | None:
 def register_groups(
     teacher: Arch, student: Arch, graph: SpaceGraph, sizes: dict[int, int],
     units: dict[int, tuple[ChannelSpace, int]], repeats: dict[int, tuple[int, int]],
+    inside: dict[str, InsideFill],
 ) -> list[Problem]:  # fmt: skip
     """Record, per widened heads/kv space, the proxy space of groups a family fills and
     the entries per group (`units`), or the repeat factor of kv heads (`repeats`). Proxy
@@ -110,6 +126,24 @@ def register_groups(
         kv = _space(graph, node.key("k_proj.weight"))
         if heads is None or kv is None:
             continue
+        if g.old_head_dim:
+            hd_space = ChannelSpace(next_id, g.head_dim, edges=[f"{path} head_dim"])
+            next_id += 1
+            sizes[hd_space.id] = g.old_head_dim
+            h2, k2 = node.args["heads"], node.args["kv_heads"]
+            old_h, old_k = g.old * h2 // k2, g.old
+            scale = math.sqrt(g.head_dim / g.old_head_dim)
+            for proj, n, old_n, dim, op in (
+                ("q_proj", h2, old_h, 0, "produce"), ("k_proj", k2, old_k, 0, "consume"),
+                ("v_proj", k2, old_k, 0, "produce"), ("o_proj", h2, old_h, 1, "consume"),
+            ):  # fmt: skip
+                for local in ("weight", "bias"):
+                    if f"{proj}.{local}" not in node.params or (dim == 1 and local == "bias"):
+                        continue
+                    inside[node.key(f"{proj}.{local}")] = InsideFill(
+                        dim, n, old_n, g.old_head_dim, hd_space, op,
+                        scale if proj == "q_proj" else 1.0,
+                    )  # fmt: skip
         if g.mode == "repeat":
             repeats[kv.id] = (g.new // g.old, g.head_dim)
             continue
@@ -119,6 +153,35 @@ def register_groups(
         units[heads.id] = (proxy, g.heads_unit)
         units[kv.id] = (proxy, g.head_dim)
     return problems
+
+
+@dataclass(frozen=True)
+class InsideFill:
+    """head_dim growth of one tensor: dimension `dim` is `heads` x `space.size` entries,
+    the teacher's `old_heads` x `old` of them at the start of each head; the family fills
+    the new entries of each head with `space` as their space, as producers (q, v rows) or
+    consumers (k rows, o columns), and the teacher's entries are multiplied by `scale`."""
+
+    dim: int
+    heads: int
+    old_heads: int
+    old: int
+    space: ChannelSpace
+    op: Literal["produce", "consume"]
+    scale: float = 1.0
+
+    def place(self, x: torch.Tensor, teacher: torch.Tensor) -> None:
+        """Put the teacher's entries at the start of each of its heads, scaled."""
+        view = x.unflatten(self.dim, (self.heads, self.space.size))
+        t = teacher.unflatten(self.dim, (self.old_heads, self.old))
+        region = [slice(0, n) for n in t.shape]
+        view[tuple(region)] = t
+        if self.scale != 1.0:
+            view[tuple(region)] *= self.scale
+
+    def view(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """`x` as (..., heads, head_dim, ...): the family's rule runs on dimension d + 1."""
+        return x.unflatten(self.dim, (self.heads, self.space.size)), self.dim + 1
 
 
 def repeat_kv(x: torch.Tensor, old_rows: int, r: int, head_dim: int) -> None:

@@ -307,7 +307,8 @@ _RULES = [
         inner={"hidden": ("hidden",)},
         grows=frozenset({"hidden"}),
     ),
-    # heads and kv_heads grow by whole kv groups (or kv heads repeat): growth/groups.py.
+    # heads and kv_heads grow by whole kv groups (or kv heads repeat), head_dim inside every
+    # head: growth/groups.py.
     KindRule(
         "attention",
         "new",
@@ -327,7 +328,7 @@ _RULES = [
             ParamRole("o_proj.bias", 0, "producer", "out"),
         ),
         inner={"heads": ("heads", "head_dim"), "kv": ("kv_heads", "head_dim")},
-        grows=frozenset({"heads", "kv_heads"}),
+        grows=frozenset({"heads", "kv_heads", "head_dim"}),
     ),
     KindRule("sequential", "container"),
     KindRule("residual", "container"),

@@ -27,7 +27,7 @@ from morphspec.arch.nodes import Node
 from morphspec.errors import PlanRefused, Problem
 from morphspec.growth.conditions import FAMILY_CONDITIONS, Conditions
 from morphspec.growth.graph import ChannelSpace, Role
-from morphspec.growth.groups import register_groups, repeat_kv
+from morphspec.growth.groups import InsideFill, register_groups, repeat_kv
 from morphspec.growth.init import (
     add_normal,
     generator,
@@ -68,6 +68,8 @@ class Facts:
     """Spaces through a norm widened by the duplication lift, with its factor k."""
     scaled: dict[str, int] = field(default_factory=dict)
     """Norm tensors divided by k before a tied head (growth/lifts.py)."""
+    inside: dict[str, InsideFill] = field(default_factory=dict)
+    """Attention tensors whose head_dim grows: entries appended inside every head."""
 
     def widened(self, space: ChannelSpace) -> bool:
         return space.size > self.sizes[space.id]
@@ -158,8 +160,9 @@ class Family:
         problems: list[Problem] = []
         plan = self.plan
         problems += register_groups(
-            plan.teacher, plan.student, plan.graph, facts.sizes, facts.units, facts.repeats
-        )
+            plan.teacher, plan.student, plan.graph, facts.sizes, facts.units, facts.repeats,
+            facts.inside,
+        )  # fmt: skip
         problems += check_lifts(
             plan.student, plan.graph, facts.sizes, self.exact, facts.lifts, facts.scaled
         )
@@ -443,7 +446,10 @@ class Family:
             region = self.region(key, tuple(teacher.shape))
             if local == "weight" and node_path in self.plan.kernels and self.exact:
                 x[tuple(slice(0, n) for n in teacher.shape[:2])] = 0  # the border is zero
-            x[region] = teacher
+            if key in self.facts.inside:
+                self.facts.inside[key].place(x, teacher)
+            else:
+                x[region] = teacher
         self.fix(key, node_path, local, x)
         old_rows = int(teacher.shape[0]) if teacher is not None and teacher.dim() else 0
         lifts, repeats = self.facts.lifts, self.facts.repeats
@@ -460,6 +466,13 @@ class Family:
                 if rows is not None:
                     v, d = channel_view(rows, role.dim, mult)
                     self.consume(v, d, space, key)
+        fill = self.facts.inside.get(key)
+        if fill is not None and self.applies_to(fill.space):
+            v, d = fill.view(x)
+            if fill.op == "consume":
+                self.consume(v, d, fill.space, key)
+            else:
+                self.produce(v, d, fill.space, key, Role(key, fill.dim, "producer", node_path))
         for role, space in roles:
             if space.id in repeats and role.dim == 0 and old_rows:
                 repeat_kv(x, old_rows, *repeats[space.id])
@@ -483,6 +496,8 @@ class Family:
         no teacher, or its kernel grows): only those need random values."""
         if teacher is None or key.rsplit(".", 1)[0] in self.plan.kernels:
             return [x]
+        if key in self.facts.inside:  # new entries inside every head: draw them all
+            return [x]
         parts = []
         for d in range(x.dim()):
             if x.shape[d] > teacher.shape[d]:
@@ -504,8 +519,8 @@ class Family:
     def protected_rows(self, x: torch.Tensor, key: str, old_rows: int) -> torch.Tensor | None:
         """The rows whose outputs must not change: the teacher's (real or stand-in) rows;
         every row of a new block's last layer that must output zero."""
-        if key in self.facts.zero_rows:
-            return x
+        if key in self.facts.zero_rows or key in self.facts.inside:
+            return x  # head_dim: the teacher's rows are spread over the heads
         return x.narrow(0, 0, old_rows) if old_rows else None
 
     def _identity(self, node: Node, local: str, dtype: torch.dtype) -> torch.Tensor:

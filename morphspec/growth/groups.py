@@ -36,7 +36,9 @@ from morphspec.growth.graph import ChannelSpace, SpaceGraph
 if TYPE_CHECKING:  # plan.py imports this module, and planning imports no torch
     import torch
 
-__all__ = ["GROUPED_KINDS", "HeadGrowth", "InsideFill", "head_growths", "register_groups", "repeat_kv"]
+__all__ = [
+    "GROUPED_KINDS", "HeadGrowth", "InsideFill", "head_growths", "register_groups", "repeat_kv",
+]  # fmt: skip
 
 GROUPED_KINDS = frozenset({"attention"})
 """Kinds whose `groups` layouts this module fills (others are refused by the planner)."""
@@ -133,10 +135,11 @@ def register_groups(
             h2, k2 = node.args["heads"], node.args["kv_heads"]
             old_h, old_k = g.old * h2 // k2, g.old
             scale = math.sqrt(g.head_dim / g.old_head_dim)
-            for proj, n, old_n, dim, op in (
+            fills: tuple[tuple[str, int, int, int, Literal["produce", "consume"]], ...] = (
                 ("q_proj", h2, old_h, 0, "produce"), ("k_proj", k2, old_k, 0, "consume"),
                 ("v_proj", k2, old_k, 0, "produce"), ("o_proj", h2, old_h, 1, "consume"),
-            ):  # fmt: skip
+            )  # fmt: skip
+            for proj, n, old_n, dim, op in fills:
                 for local in ("weight", "bias"):
                     if f"{proj}.{local}" not in node.params or (dim == 1 and local == "bias"):
                         continue

@@ -1,0 +1,195 @@
+"""Transformer growth is exact: heads (by kv groups), kv heads (repeated), head_dim (inside
+every head, softmax scale compensated), d_model through layernorm/rmsnorm (duplication
+lift; tied heads stay tied) and depth (new pre-norm blocks start at zero), on GPT-style and
+Llama-style decoders, in float64 to 1e-10 in eval and train mode, in every exact family;
+every refusal names its reason and YAML place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from growth_helpers import one_intraop_thread
+from transformer_specs import build_teacher, transformer_spec
+from yaml_marks import where
+
+from morphspec.errors import PlanRefused
+from morphspec.grow import GrowResult, grow
+
+GPT: dict[str, Any] = {"style": "gpt"}
+LLAMA: dict[str, Any] = {"style": "llama", "heads": 4, "kv_heads": 2}
+FAMILIES = ("r2r", "net2net", "netmorph")
+
+CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "gpt heads 2->4": (GPT, {**GPT, "heads": 4}),
+    "gpt heads 2->3 (odd)": (GPT, {**GPT, "heads": 3}),
+    "llama kv groups 2->4": (LLAMA, {**LLAMA, "heads": 8, "kv_heads": 4}),
+    "llama kv heads 1->4 (repeat)": (
+        {**LLAMA, "kv_heads": 1},
+        {**LLAMA, "kv_heads": 4},
+    ),
+    "gpt head_dim 8->12": (GPT, {**GPT, "head_dim": 12}),
+    "gpt head_dim 8->13 and heads 2->4": (GPT, {**GPT, "head_dim": 13, "heads": 4}),
+    "gpt d_model 16->32": (GPT, {**GPT, "dim": 32}),
+    "gpt d_model 16->48 tied": ({**GPT, "tie": True}, {**GPT, "dim": 48, "tie": True}),
+    "llama d_model 16->32": (LLAMA, {**LLAMA, "dim": 32}),
+    "gpt depth 1->3 nested": (GPT, {**GPT, "layers": 3}),
+    "gpt depth 1->2 flat": ({**GPT, "flat": True}, {**GPT, "layers": 2, "flat": True}),
+    "llama depth 1->3": (LLAMA, {**LLAMA, "layers": 3}),
+    "gpt all at once": (
+        {**GPT, "layers": 2},
+        {**GPT, "layers": 4, "dim": 32, "heads": 4, "hidden": 48},
+    ),
+    "llama all at once": (
+        {**LLAMA, "layers": 2},
+        {**LLAMA, "layers": 4, "dim": 32, "heads": 8, "kv_heads": 4, "hidden": 48},
+    ),
+}
+
+
+def _grow(
+    tmp_path: Path, teacher: dict[str, Any], student: dict[str, Any], family: str,
+    dtype: torch.dtype = torch.float64, rtol: float = 1e-10, train: bool = False,
+) -> tuple[torch.nn.Module, GrowResult]:  # fmt: skip
+    model = build_teacher(transformer_spec(**teacher), tmp_path / "t.yaml", dtype)
+    model.train(train)
+    (tmp_path / "s.yaml").write_text(transformer_spec(**student), encoding="utf-8")
+    with one_intraop_thread():
+        result = grow(model, tmp_path / "t.yaml", tmp_path / "s.yaml", family=family, rtol=rtol)
+    return model, result
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_transformer_growth_is_exact_in_float64(tmp_path: Path, case: str, family: str) -> None:
+    teacher, student = CASES[case]
+    model, result = _grow(tmp_path, teacher, student, family, train=True)
+    assert result.verification is not None and result.train_verification is not None
+    assert result.verification.rel_err <= 1e-10, result.verification
+    assert result.train_verification.rel_err <= 1e-10, result.train_verification
+    assert result.student.training  # the teacher's mode
+    t_count = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in result.student.parameters()) > t_count
+
+
+@pytest.mark.parametrize("case", ["gpt all at once", "llama all at once", "gpt head_dim 8->12"])
+def test_transformer_growth_in_float32(tmp_path: Path, case: str) -> None:
+    teacher, student = CASES[case]
+    _, result = _grow(tmp_path, teacher, student, "r2r", torch.float32, rtol=1e-5)
+    assert result.verification is not None and result.verification.rel_err <= 1e-5
+
+
+def test_new_heads_are_paired_and_read_with_opposite_columns(tmp_path: Path) -> None:
+    """R2R on heads 2 -> 4 (head_dim 8): heads 2 and 3 have equal q/k/v rows and o_proj
+    reads them with columns Z and -Z, Z not zero; the teacher's heads are untouched."""
+    model, result = _grow(tmp_path, GPT, {**GPT, "heads": 4}, "r2r")
+    s = result.student.state_dict()
+    t = model.state_dict()
+    attn = "transformer.h.0.attn"
+    for p in ("q_proj", "k_proj", "v_proj"):
+        w = s[f"{attn}.{p}.weight"]
+        assert torch.equal(w[:16], t[f"{attn}.{p}.weight"])
+        assert torch.equal(w[16:24], w[24:32]) and w[16:24].abs().sum() > 0
+    o = s[f"{attn}.o_proj.weight"]
+    assert torch.equal(o[:, :16], t[f"{attn}.o_proj.weight"])
+    assert torch.equal(o[:, 16:24], -o[:, 24:32]) and o[:, 16:24].abs().sum() > 0
+
+
+def test_kv_heads_repeat_each_head_to_its_new_groups(tmp_path: Path) -> None:
+    model, result = _grow(tmp_path, {**LLAMA, "kv_heads": 1}, LLAMA, "r2r")
+    k = result.student.state_dict()["transformer.h.0.attn.k_proj.weight"]
+    old = model.state_dict()["transformer.h.0.attn.k_proj.weight"]
+    assert torch.equal(k, torch.cat([old, old]))
+
+
+def test_duplication_lift_halves_columns_and_keeps_ties(tmp_path: Path) -> None:
+    """Net2Net's lift: consumers read [W/2, W/2]; the tied head's norm is halved."""
+    t = {**GPT, "tie": True}
+    model, result = _grow(tmp_path, t, {**t, "dim": 32}, "net2net")
+    s, old = result.student.state_dict(), model.state_dict()
+    q = s["transformer.h.0.attn.q_proj.weight"][:16]
+    w = old["transformer.h.0.attn.q_proj.weight"]
+    assert torch.equal(q[:, :16], w / 2) and torch.equal(q[:, 16:], w / 2)
+    assert torch.equal(s["transformer.ln_f.weight"], torch.cat([old["transformer.ln_f.weight"]] * 2) / 2)
+    assert "lm_head.weight" not in s  # still tied: the head owns no key
+
+
+def test_head_dim_scales_queries_by_the_softmax_factor(tmp_path: Path) -> None:
+    model, result = _grow(tmp_path, GPT, {**GPT, "head_dim": 32}, "netmorph")
+    q = result.student.state_dict()["transformer.h.0.attn.q_proj.weight"]
+    old = model.state_dict()["transformer.h.0.attn.q_proj.weight"]
+    assert torch.allclose(q[:8], old[:8] * 2.0, rtol=0, atol=1e-15)  # √(32/8) = 2
+    assert torch.allclose(q[32:40], old[8:16] * 2.0, rtol=0, atol=1e-15)
+
+
+def test_growth_keeps_the_optimizer_state(tmp_path: Path) -> None:
+    model = build_teacher(transformer_spec(**LLAMA), tmp_path / "t.yaml")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randint(0, 32, (4, 8))
+    model(x).square().mean().backward()
+    opt.step()
+    student = {**LLAMA, "heads": 8, "kv_heads": 4, "dim": 32, "layers": 2}
+    (tmp_path / "s.yaml").write_text(transformer_spec(**student), encoding="utf-8")
+    result = grow(model, tmp_path / "t.yaml", tmp_path / "s.yaml", optimizer=opt, rtol=1e-10)
+    assert result.optimizer is not None and result.optimizer.state
+
+
+# -- refusals ----------------------------------------------------------------------------
+REFUSALS: dict[str, tuple[dict[str, Any], dict[str, Any], str, str]] = {
+    "query heads change kv group": (
+        LLAMA,
+        {**LLAMA, "heads": 8},
+        "would move old query heads to another kv head",
+        "attention: {name: attn",
+    ),
+    "kv_heads not a multiple": (
+        {**LLAMA, "heads": 6, "kv_heads": 2},
+        {**LLAMA, "heads": 6, "kv_heads": 3},
+        "kv_heads 2 -> 3",
+        "attention: {name: attn",
+    ),
+    "head_dim under rope": (
+        LLAMA,
+        {**LLAMA, "head_dim": 16},
+        "head_dim 8 -> 16 with rope",
+        "attention: {name: attn",
+    ),
+    "d_model not a multiple": (
+        GPT,
+        {**GPT, "dim": 24},
+        "keeps mean and variance only for a multiple of 16",
+        "layernorm: {name: ln_1}",
+    ),
+    "post-norm depth": (
+        {**GPT, "post_norm": True},
+        {**GPT, "post_norm": True, "layers": 2},
+        "a post-norm block normalises x + F(x)",
+        "layernorm: {name: ln_1}",
+    ),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_transformer_refusals(tmp_path: Path, case: str, family: str) -> None:
+    teacher, student, message, place = REFUSALS[case]
+    with pytest.raises(PlanRefused) as err:
+        _grow(tmp_path, teacher, student, family)
+    problem = next(p for p in err.value.problems if message in p.message)
+    assert str(problem.mark) == where(tmp_path / "s.yaml", place), problem
+
+
+def test_a_tied_head_needs_a_norm_right_before_it(tmp_path: Path) -> None:
+    t = {**GPT, "tie": True}
+    text = transformer_spec(**t).replace(
+        "  - linear: {name: lm_head", "  - dropout: {name: drop, p: 0.0}\n  - linear: {name: lm_head"
+    )
+    (tmp_path / "t.yaml").write_text(text, encoding="utf-8")
+    (tmp_path / "s.yaml").write_text(text.replace("dim: 16", "dim: 32"), encoding="utf-8")
+    model = build_teacher(text, tmp_path / "t.yaml")
+    with pytest.raises(PlanRefused, match="absorbs 1/k, and there is none") as err:
+        grow(model, tmp_path / "t.yaml", tmp_path / "s.yaml")
+    assert str(err.value.problems[0].mark) == where(tmp_path / "s.yaml", "linear: {name: lm_head")
+

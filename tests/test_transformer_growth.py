@@ -112,7 +112,8 @@ def test_duplication_lift_halves_columns_and_keeps_ties(tmp_path: Path) -> None:
     q = s["transformer.h.0.attn.q_proj.weight"][:16]
     w = old["transformer.h.0.attn.q_proj.weight"]
     assert torch.equal(q[:, :16], w / 2) and torch.equal(q[:, 16:], w / 2)
-    assert torch.equal(s["transformer.ln_f.weight"], torch.cat([old["transformer.ln_f.weight"]] * 2) / 2)
+    gain = old["transformer.ln_f.weight"]
+    assert torch.equal(s["transformer.ln_f.weight"], torch.cat([gain, gain]) / 2)
     assert "lm_head.weight" not in s  # still tied: the head owns no key
 
 
@@ -184,7 +185,8 @@ def test_transformer_refusals(tmp_path: Path, case: str, family: str) -> None:
 def test_a_tied_head_needs_a_norm_right_before_it(tmp_path: Path) -> None:
     t = {**GPT, "tie": True}
     text = transformer_spec(**t).replace(
-        "  - linear: {name: lm_head", "  - dropout: {name: drop, p: 0.0}\n  - linear: {name: lm_head"
+        "  - linear: {name: lm_head",
+        "  - dropout: {name: drop, p: 0.0}\n  - linear: {name: lm_head",
     )
     (tmp_path / "t.yaml").write_text(text, encoding="utf-8")
     (tmp_path / "s.yaml").write_text(text.replace("dim: 16", "dim: 32"), encoding="utf-8")
@@ -192,4 +194,3 @@ def test_a_tied_head_needs_a_norm_right_before_it(tmp_path: Path) -> None:
     with pytest.raises(PlanRefused, match="absorbs 1/k, and there is none") as err:
         grow(model, tmp_path / "t.yaml", tmp_path / "s.yaml")
     assert str(err.value.problems[0].mark) == where(tmp_path / "s.yaml", "linear: {name: lm_head")
-

@@ -194,3 +194,26 @@ def test_a_tied_head_needs_a_norm_right_before_it(tmp_path: Path) -> None:
     with pytest.raises(PlanRefused, match="absorbs 1/k, and there is none") as err:
         grow(model, tmp_path / "t.yaml", tmp_path / "s.yaml")
     assert str(err.value.problems[0].mark) == where(tmp_path / "s.yaml", "linear: {name: lm_head")
+
+
+EXAMPLE_STUDENTS = [
+    ("gpt_mini", s)
+    for s in ("gpt_mini_heads", "gpt_mini_head_dim", "gpt_mini_wide", "gpt_mini_deep",
+              "gpt_mini_grown")
+] + [
+    ("llama_mini", s)
+    for s in ("llama_mini_heads", "llama_mini_kv", "llama_mini_wide", "llama_mini_deep",
+              "llama_mini_grown")
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("teacher", "student"), EXAMPLE_STUDENTS)
+def test_example_students_grow_exactly(tmp_path: Path, teacher: str, student: str) -> None:
+    """Each shipped transformer student grows from its teacher (R2R, float64, both modes)."""
+    specs = Path(__file__).resolve().parent.parent / "examples" / "specs"
+    text = (specs / f"{teacher}.yaml").read_text(encoding="utf-8")
+    model = build_teacher(text, tmp_path / f"{teacher}.yaml")
+    with one_intraop_thread():
+        result = grow(model, specs / f"{teacher}.yaml", specs / f"{student}.yaml", rtol=1e-10)
+    assert result.verification is not None and result.train_verification is not None
+    assert max(result.verification.rel_err, result.train_verification.rel_err) <= 1e-10

@@ -418,7 +418,18 @@ class Family:
         dtype: torch.dtype,
     ) -> torch.Tensor:  # fmt: skip
         """The student's `key` in `dtype`; `reference_std` is the spread of the same tensor
-        in the teacher's last repeat copy, for a tensor of an appended copy."""
+        in the teacher's last repeat copy, for a tensor of an appended copy. A bfloat16 or
+        float16 tensor is computed in float64 and rounded once at the end, so a rule that
+        is not exact after rounding (W/2 ± R, √(d'/d)) loses one rounding, no more."""
+        if dtype in (torch.bfloat16, torch.float16):
+            wide = teacher.to(torch.float64) if teacher is not None else None
+            return self._tensor(key, wide, reference_std, torch.float64).to(dtype)
+        return self._tensor(key, teacher, reference_std, dtype)
+
+    def _tensor(
+        self, key: str, teacher: torch.Tensor | None, reference_std: float | None,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:  # fmt: skip
         shape = self.shapes[key]
         local = key.rsplit(".", 1)[-1]
         node_path = key.rsplit(".", 1)[0]

@@ -16,7 +16,7 @@ from transformer_specs import build_teacher, transformer_spec
 from yaml_marks import where
 
 from morphspec.errors import PlanRefused
-from morphspec.grow import GrowResult, grow
+from morphspec.grow import GrowResult, grow, verify_modules
 
 GPT: dict[str, Any] = {"style": "gpt"}
 LLAMA: dict[str, Any] = {"style": "llama", "heads": 4, "kv_heads": 2}
@@ -217,3 +217,32 @@ def test_example_students_grow_exactly(tmp_path: Path, teacher: str, student: st
         result = grow(model, specs / f"{teacher}.yaml", specs / f"{student}.yaml", rtol=1e-10)
     assert result.verification is not None and result.train_verification is not None
     assert max(result.verification.rel_err, result.train_verification.rel_err) <= 1e-10
+
+
+@pytest.mark.parametrize(
+    ("student", "family", "exact"),
+    [
+        ({**LLAMA, "heads": 8, "kv_heads": 4, "layers": 2}, "r2r", True),  # copies, negations
+        ({**LLAMA, "dim": 32}, "net2net", True),  # W/2 is exact in binary
+        ({**LLAMA, "dim": 32}, "r2r", False),  # W/2 ± R rounds
+        ({**GPT, "head_dim": 16}, "netmorph", False),  # √(16/8) rounds
+    ],
+)
+def test_bfloat16_teachers_round_once(
+    tmp_path: Path, student: dict[str, Any], family: str, exact: bool
+) -> None:
+    """A bf16 teacher is grown in float64 and rounded once: constructions made of copies,
+    negations and halvings stay exact; W/2 ± R and √(d'/d) lose one bf16 rounding (both
+    models compared in float64, so only the construction's rounding is measured)."""
+    teacher = LLAMA if student["style"] == "llama" else GPT
+    model = build_teacher(transformer_spec(**teacher), tmp_path / "t.yaml", torch.bfloat16)
+    (tmp_path / "s.yaml").write_text(transformer_spec(**student), encoding="utf-8")
+    with one_intraop_thread():
+        result = grow(model, tmp_path / "t.yaml", tmp_path / "s.yaml", family=family, verify=False)
+        assert next(result.student.parameters()).dtype == torch.bfloat16
+        ev, _ = verify_modules(model.double(), result.student.double(), result.plan.teacher,
+                               16, 0, 1.0)  # fmt: skip
+    if exact:
+        assert ev.rel_err <= 1e-12, ev
+    else:
+        assert 1e-6 < ev.rel_err < 2e-2, ev  # about one bf16 rounding (2^-8), no more

@@ -6,6 +6,7 @@ every refusal names its reason and YAML place."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,16 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gpt d_model 16->32": (GPT, {**GPT, "dim": 32}),
     "gpt d_model 16->48 tied": ({**GPT, "tie": True}, {**GPT, "dim": 48, "tie": True}),
     "llama d_model 16->32": (LLAMA, {**LLAMA, "dim": 32}),
+    "llama d_model 16->24 zero-fill": (LLAMA, {**LLAMA, "dim": 24, "eps": 1e-5 * 16 / 24}),
+    "llama d_model 16->20 zero-fill tied": (
+        {**LLAMA, "tie": True},
+        {**LLAMA, "dim": 20, "eps": 1e-5 * 16 / 20, "tie": True},
+    ),
+    "gpt d_model 16->20 mean-fill": (GPT, {**GPT, "dim": 20, "eps": 1e-5 * 16 / 20}),
+    "gpt d_model 16->32 mean-fill tied, deeper": (
+        {**GPT, "tie": True},
+        {**GPT, "dim": 32, "eps": 1e-5 / 2, "tie": True, "layers": 2},
+    ),
     "gpt depth 1->3 nested": (GPT, {**GPT, "layers": 3}),
     "gpt depth 1->2 flat": ({**GPT, "flat": True}, {**GPT, "layers": 2, "flat": True}),
     "llama depth 1->3": (LLAMA, {**LLAMA, "layers": 3}),
@@ -117,6 +128,22 @@ def test_duplication_lift_halves_columns_and_keeps_ties(tmp_path: Path) -> None:
     assert "lm_head.weight" not in s  # still tied: the head owns no key
 
 
+def test_fills_scale_gains_and_fill_new_channels(tmp_path: Path) -> None:
+    """RMSNorm zero-fill: new embedding columns 0, gains γ·√(n/n'); LayerNorm mean-fill:
+    new embedding columns the mean of the old ones."""
+    model, result = _grow(tmp_path, LLAMA, {**LLAMA, "dim": 24, "eps": 1e-5 * 16 / 24}, "r2r")
+    s, old = result.student.state_dict(), model.state_dict()
+    assert not s["transformer.wte.weight"][:, 16:].any()
+    gain = s["transformer.ln_f.weight"][:16]
+    assert torch.allclose(gain, old["transformer.ln_f.weight"] * math.sqrt(16 / 24), atol=1e-15)
+    model, result = _grow(tmp_path, GPT, {**GPT, "dim": 20, "eps": 1e-5 * 16 / 20}, "r2r")
+    wte, old_wte = (
+        result.student.state_dict()["transformer.wte.weight"],
+        model.state_dict()["transformer.wte.weight"],
+    )
+    assert torch.allclose(wte[:, 16:], old_wte.mean(1, keepdim=True).expand(-1, 4), atol=1e-15)
+
+
 def test_head_dim_scales_queries_by_the_softmax_factor(tmp_path: Path) -> None:
     model, result = _grow(tmp_path, GPT, {**GPT, "head_dim": 32}, "netmorph")
     q = result.student.state_dict()["transformer.h.0.attn.q_proj.weight"]
@@ -160,14 +187,14 @@ REFUSALS: dict[str, tuple[dict[str, Any], dict[str, Any], str, str]] = {
     "d_model not a multiple": (
         GPT,
         {**GPT, "dim": 24},
-        "keeps mean and variance only for a multiple of 16",
-        "layernorm: {name: ln_1}",
+        "no exact lift fits: keep each eps and grow to a multiple of 16 (duplication",
+        "layernorm: {eps",
     ),
     "post-norm depth": (
         {**GPT, "post_norm": True},
         {**GPT, "post_norm": True, "layers": 2},
         "a post-norm block normalises x + F(x)",
-        "layernorm: {name: ln_1}",
+        "layernorm: {eps",
     ),
 }
 

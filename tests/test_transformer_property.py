@@ -3,7 +3,8 @@ stated reason.
 
 Hypothesis draws a GPT-style or Llama-style decoder (nested or flat blocks, tied head or
 not; heads as kv groups of g query heads), and a growth of any combination of: kv groups
-appended, kv heads repeated, head_dim, d_model (by an integer factor), MLP hidden, layers.
+appended, kv heads repeated, head_dim, d_model (duplicated k times, or filled with eps
+scaled), MLP hidden, layers.
 Each is grown in float64 by a drawn exact family with `morphspec.grow` (eval and train
 mode) and must reproduce the teacher to 1e-10, or be refused with one of the documented
 reasons (head_dim under RoPE). At least MIN_CONVERTED of the EXAMPLES drawn convert.
@@ -50,7 +51,10 @@ def growths(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any], str]:
         s["kv_heads"] = kv * g
     if draw(st.booleans()):
         s["head_dim"] = hd + 2 * draw(st.integers(0, 2)) + (style == "gpt")
-    s["dim"] = dim * draw(st.sampled_from([1, 1, 2, 3]))
+    lift = draw(st.sampled_from([1, 1, 2, 3, 0]))  # 0: a fill lift (eps follows the width)
+    s["dim"] = dim * lift if lift else dim + draw(st.integers(1, 5))
+    if not lift:
+        s["eps"] = 1e-5 * dim / s["dim"]
     s["hidden"] = t["hidden"] + draw(st.integers(0, 3))
     s["layers"] = t["layers"] + draw(st.integers(0, 2))
     family = draw(st.sampled_from(["r2r", "net2net", "netmorph"]))

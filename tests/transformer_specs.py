@@ -18,10 +18,12 @@ def transformer_spec(
     style: str = "gpt", dim: int = 16, heads: int = 2, kv_heads: int | None = None,
     head_dim: int = 8, layers: int = 1, hidden: int = 24, flat: bool = False,
     tie: bool = False, post_norm: bool = False, vocab: int = 32, seq: int = 8,
+    eps: float = 1e-5,
 ) -> str:  # fmt: skip
     """The YAML text of a small decoder."""
     llama = style == "llama"
     norm = "rmsnorm" if llama else "layernorm"
+    ln = f"eps: {eps!r}, name"
     kv = f", kv_heads: {kv_heads}" if kv_heads is not None else ""
     attn = f"attention: {{name: attn, heads: {heads}, head_dim: {head_dim}{kv}" + (
         ", bias: false, rope: true}" if llama else "}"
@@ -37,7 +39,7 @@ def transformer_spec(
       body:
         - {attn}
       post:
-        - {norm}: {{name: ln_1}}"""
+        - {norm}: {{{ln}: ln_1}}"""
     elif flat:
         block = f"""
     sequential:
@@ -45,24 +47,24 @@ def transformer_spec(
         - residual:
             name: a
             body:
-              - {norm}: {{name: ln_1}}
+              - {norm}: {{{ln}: ln_1}}
               - {attn}
         - residual:
             name: ffn
             body:
-              - {norm}: {{name: ln_2}}
+              - {norm}: {{{ln}: ln_2}}
               - {mlp}"""
     else:
         block = f"""
     residual:
       body:
-        - {norm}: {{name: ln_1}}
+        - {norm}: {{{ln}: ln_1}}
         - {attn}
       post:
         residual:
           name: ffn
           body:
-            - {norm}: {{name: ln_2}}
+            - {norm}: {{{ln}: ln_2}}
             - {mlp}"""
     pos = "" if llama else f"\n        - position_embedding: {{name: wpe, max_len: {seq}}}"
     head = "{name: lm_head, out: vocab, bias: false" + (", tie: transformer.wte}" if tie else "}")
@@ -79,7 +81,7 @@ body:
       body:
         - embedding: {{name: wte, vocab: vocab, dim: dim}}{pos}
         - repeat: {{name: h, times: {layers}, block: blk}}
-        - {norm}: {{name: ln_f}}
+        - {norm}: {{{ln}: ln_f}}
   - linear: {head}
 """
 

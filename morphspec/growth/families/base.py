@@ -36,7 +36,7 @@ from morphspec.growth.init import (
     uniform_into,
 )  # fmt: skip
 from morphspec.growth.kinds import KindRule, kinds_where, rule_of
-from morphspec.growth.lifts import check_lifts, lift_consume, lift_produce
+from morphspec.growth.lifts import Lift, check_lifts, lift_consume, lift_produce
 from morphspec.growth.options import GrowOptions, RescaleMode
 from morphspec.growth.plan import Plan
 from morphspec.growth.rescale import Rescaler, rescale
@@ -64,10 +64,10 @@ class Facts:
     entries per group (growth/groups.py)."""
     repeats: dict[int, tuple[int, int]] = field(default_factory=dict)
     """kv spaces whose heads repeat: (factor, head_dim)."""
-    lifts: dict[int, int] = field(default_factory=dict)
-    """Spaces through a norm widened by the duplication lift, with its factor k."""
-    scaled: dict[str, int] = field(default_factory=dict)
-    """Norm tensors divided by k before a tied head (growth/lifts.py)."""
+    lifts: dict[int, Lift] = field(default_factory=dict)
+    """Spaces through a norm widened by a norm-preserving lift (growth/lifts.py)."""
+    scaled: dict[str, float] = field(default_factory=dict)
+    """Norm tensors divided by a factor: fills' gains, the norm before a tied head."""
     inside: dict[str, InsideFill] = field(default_factory=dict)
     """Attention tensors whose head_dim grows: entries appended inside every head."""
 
@@ -164,8 +164,9 @@ class Family:
             facts.inside,
         )  # fmt: skip
         problems += check_lifts(
-            plan.student, plan.graph, facts.sizes, self.exact, facts.lifts, facts.scaled
-        )
+            plan.teacher, plan.student, plan.graph, facts.sizes, self.exact, facts.lifts,
+            facts.scaled,
+        )  # fmt: skip
         for space in plan.graph.spaces:
             if facts.widened(space) and space.frozen_by:
                 node = plan.student.node(space.frozen_by[0])
@@ -469,7 +470,7 @@ class Family:
                 rows = self.protected_rows(x, key, old_rows)
                 if rows is not None:
                     v, d = channel_view(rows, role.dim, role.mult)
-                    lift_consume(v, d, self.sizes[space.id], lifts[space.id], self.lift_split)
+                    lift_consume(v, d, lifts[space.id], self.lift_split)
                 continue
             space, mult = self.facts.units.get(space.id, (space, role.mult))
             if role.kind == "consumer" and self.applies_to(space):
@@ -490,7 +491,7 @@ class Family:
         for role, space in roles:
             if role.kind != "consumer" and space.id in lifts:
                 v, d = channel_view(x, role.dim, role.mult)
-                lift_produce(v, d, self.sizes[space.id], lifts[space.id])
+                lift_produce(v, d, lifts[space.id], role.kind == "producer")
                 continue
             space, mult = self.facts.units.get(space.id, (space, role.mult))
             if role.kind != "consumer" and self.applies_to(space) and space.id not in repeats:

@@ -298,6 +298,11 @@ def _last_layer(arch: Arch) -> Node:
     return with_params[-1] if with_params else arch.root
 
 
+def _norm_widens(t: Node, s: Node) -> bool:
+    rule = rule_of(t.kind)
+    return rule is not None and rule.mixes_channels and s.inp.channels > t.inp.channels
+
+
 def _compare_args(t: Node, s: Node, skip: set[str]) -> list[Problem]:
     problems = []
     for name, tv in t.args.items():
@@ -305,8 +310,7 @@ def _compare_args(t: Node, s: Node, skip: set[str]) -> list[Problem]:
         if sv == tv or name in IGNORED or name in skip:
             continue
         rule = rule_of(t.kind)
-        widens = s.inp.channels > t.inp.channels
-        if name == "eps" and rule is not None and rule.mixes_channels and widens:
+        if name == "eps" and _norm_widens(t, s):
             continue  # a norm's eps may follow its width: growth/lifts.py checks it
         growable = rule.grows if rule is not None else frozenset()
         if name in growable and isinstance(tv, int) and isinstance(sv, int):

@@ -16,7 +16,7 @@ from growth_helpers import one_intraop_thread
 from transformer_specs import build_teacher, transformer_spec
 from yaml_marks import where
 
-from morphspec.errors import PlanRefused
+from morphspec.errors import MorphError, PlanRefused
 from morphspec.grow import GrowResult, grow, verify_modules
 
 GPT: dict[str, Any] = {"style": "gpt"}
@@ -273,3 +273,15 @@ def test_bfloat16_teachers_round_once(
         assert ev.rel_err <= 1e-12, ev
     else:
         assert 1e-6 < ev.rel_err < 2e-2, ev  # about one bf16 rounding (2^-8), no more
+
+
+def test_mean_fill_refuses_to_map_an_optimizer(tmp_path: Path) -> None:
+    """Mean-fill's new rows average teacher entries: no moment map, a clear refusal."""
+    model = build_teacher(transformer_spec(**GPT), tmp_path / "t.yaml")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 32, (2, 8))).square().mean().backward()
+    opt.step()
+    student = {**GPT, "dim": 20, "eps": 1e-5 * 16 / 20}
+    (tmp_path / "s.yaml").write_text(transformer_spec(**student), encoding="utf-8")
+    with pytest.raises(MorphError, match=r"optimizer state of 'transformer\.wte\.weight' cannot"):
+        grow(model, tmp_path / "t.yaml", tmp_path / "s.yaml", optimizer=opt)

@@ -285,3 +285,14 @@ def test_mean_fill_refuses_to_map_an_optimizer(tmp_path: Path) -> None:
     (tmp_path / "s.yaml").write_text(transformer_spec(**student), encoding="utf-8")
     with pytest.raises(MorphError, match=r"optimizer state of 'transformer\.wte\.weight' cannot"):
         grow(model, tmp_path / "t.yaml", tmp_path / "s.yaml", optimizer=opt)
+
+
+def test_diff_says_how_transformer_spaces_grow() -> None:
+    from morphspec.cli.growth_options import plan_table
+    from morphspec.growth.plan import plan_for
+
+    specs = Path(__file__).resolve().parent.parent / "examples" / "specs"
+    _, _, plan = plan_for(specs / "gpt_mini.yaml", specs / "gpt_mini_grown.yaml")
+    cells = [c for col in plan_table(plan).columns for c in col._cells]
+    assert "64 -> 128 (norm-preserving lift)" in cells
+    assert "64 -> 128 (+64, by head)" in cells

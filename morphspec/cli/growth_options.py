@@ -100,6 +100,11 @@ def plan_table(plan: Plan, family: str = "r2r") -> Table:
             odd = f" + {op.odd} unpaired" if op.odd else ""
             where = op.space if len(op.edges) <= 1 else f"{op.space} (+{len(op.edges) - 1} joined)"
             how = f"{op.pairs} pairs{odd}" if family == "r2r" else f"+{op.new - op.old} channels"
+            space = next((sp for sp in plan.graph.spaces if sp.label == op.space), None)
+            if space is not None and space.mixing_norms:
+                how = "norm-preserving lift"
+            elif space is not None and any(r.layout.kind == "groups" for r in space.roles):
+                how = f"+{op.new - op.old}, by head"
             table.add_row("widen", where, f"{op.old} -> {op.new} ({how})")
         elif isinstance(op, InsertBlocks):
             table.add_row("insert blocks", op.repeat, f"{op.old_times} -> {op.new_times} copies")

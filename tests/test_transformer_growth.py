@@ -296,3 +296,43 @@ def test_diff_says_how_transformer_spaces_grow() -> None:
     cells = [c for col in plan_table(plan).columns for c in col._cells]
     assert "64 -> 128 (norm-preserving lift)" in cells
     assert "64 -> 128 (+64, by head)" in cells
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_interleaved_blocks_are_exact_and_old_blocks_move(tmp_path: Path, family: str) -> None:
+    """--interleave (LLaMA-Pro): 2 -> 4 blocks as old 0, new, old 1, new; the teacher's
+    block 1 is the student's block 2, bit for bit, and the optimizer state follows it."""
+    model = build_teacher(transformer_spec(**{**LLAMA, "layers": 2}), tmp_path / "t.yaml")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 32, (2, 8))).square().mean().backward()
+    opt.step()
+    student = {**LLAMA, "layers": 4, "dim": 32}
+    (tmp_path / "s.yaml").write_text(transformer_spec(**student), encoding="utf-8")
+    with one_intraop_thread():
+        result = grow(model, tmp_path / "t.yaml", tmp_path / "s.yaml", family=family,
+                      interleave=True, optimizer=opt, rtol=1e-10)  # fmt: skip
+    assert result.verification is not None and result.train_verification is not None
+    assert max(result.verification.rel_err, result.train_verification.rel_err) <= 1e-10
+    moves = result.plan.to_json()["ops"][-1]
+    assert moves["op"] == "interleave_blocks"
+    assert moves["moves"] == [
+        ["transformer.h.2", "transformer.h.1"],
+        ["transformer.h.1", "transformer.h.2"],
+    ]
+    s, t = result.student.state_dict(), model.state_dict()
+    key = "attn.o_proj.weight"
+    assert torch.equal(s[f"transformer.h.2.{key}"][:16], t[f"transformer.h.1.{key}"])
+    assert not s[f"transformer.h.1.{key}"].any() or family == "r2r"  # new: zero (or paired)
+    assert result.optimizer is not None
+    moved = result.student.get_parameter(f"transformer.h.2.{key}")
+    m = result.optimizer.state[moved]["exp_avg"]
+    assert torch.equal(m[:16], opt.state[model.get_parameter(f"transformer.h.1.{key}")]["exp_avg"])
+
+
+def test_interleaved_order() -> None:
+    from morphspec.growth.interleave import interleaved_order
+
+    assert interleaved_order(2, 4) == [0, 2, 1, 3]
+    assert interleaved_order(4, 6) == [0, 1, 4, 2, 3, 5]
+    assert interleaved_order(3, 5) == [0, 3, 1, 2, 4]
+    assert interleaved_order(1, 4) == [1, 2, 0, 3]  # more new than old: they gather

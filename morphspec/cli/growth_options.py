@@ -13,7 +13,14 @@ import typer
 from rich.table import Table
 
 from morphspec.growth.options import GrowOptions, option_infos
-from morphspec.growth.plan import GrowKernel, InsertBlocks, InsertLayers, Plan, WidenSpace
+from morphspec.growth.plan import (
+    GrowKernel,
+    InsertBlocks,
+    InsertLayers,
+    InterleaveBlocks,
+    Plan,
+    WidenSpace,
+)
 
 __all__ = [
     "StudentArg", "StudentSetOpt", "TeacherArg", "TeacherSetOpt", "growth_option", "merge_sets",
@@ -110,6 +117,11 @@ def plan_table(plan: Plan, family: str = "r2r") -> Table:
             table.add_row("insert blocks", op.repeat, f"{op.old_times} -> {op.new_times} copies")
         elif isinstance(op, InsertLayers):
             table.add_row("insert layers", ", ".join(op.layers), "new, between teacher layers")
+        elif isinstance(op, InterleaveBlocks):
+            moves = ", ".join(
+                f"{a.rpartition('.')[2]}->{b.rpartition('.')[2]}" for a, b in op.moves
+            )
+            table.add_row("interleave", op.repeat, f"copies move {moves}")
         elif isinstance(op, GrowKernel):
             table.add_row("grow kernel", op.layer, f"{op.old}x{op.old} -> {op.new}x{op.new}")
         else:

@@ -34,8 +34,9 @@ def student_entries(plan: Plan, family: Family, reader: TensorSource) -> list[Te
             dtype = reader.dtype(ref)
         else:
             dtype = torch.int64 if key.endswith("num_batches_tracked") else default
-        entries.append(TensorEntry(key, shape, dtype, source.producer(key, ref, dtype)))
-    return entries
+        producer = source.producer(key, ref, dtype)
+        entries.append(TensorEntry(plan.student_key(key), shape, dtype, producer))
+    return sorted(entries, key=lambda e: e.key) if plan.renames else entries
 
 
 class _Source:

@@ -120,10 +120,12 @@ def map_optimizer(
     groups: list[list[nn.Parameter]] = [[] for _ in optimizer.param_groups]
     keys: list[list[str]] = [[] for _ in optimizer.param_groups]
     teacher_keys = dict(teacher.named_parameters())
+    sources: dict[str, str] = {}
     for name, p in student.named_parameters():
-        if name in teacher_keys and name not in group_of:
+        src = sources[name] = plan.source_key(name)  # where an interleaved block was made
+        if src in teacher_keys and src not in group_of:
             continue  # the teacher's optimizer did not train it: neither does the student's
-        ref = name if name in group_of else plan.reference_key(name)
+        ref = src if src in group_of else plan.reference_key(src)
         g = group_of.get(ref, 0) if ref is not None else 0
         groups[g].append(p)
         keys[g].append(name)
@@ -132,12 +134,13 @@ def map_optimizer(
     flat = [k for ks in keys for k in ks]
     state: dict[int, dict[str, Any]] = {}
     for i, name in enumerate(flat):
-        old = old_state.get(t_index.get(name, -1))
+        src = sources[name]
+        old = old_state.get(t_index.get(src, -1))
         if not old:
             continue  # a new parameter (or one never stepped) starts from zero state
-        tshape = tuple(teacher_keys[name].shape)
-        mmap = moment_map(mapper, name, tshape) if tshape != tuple(student.get_parameter(
-            name).shape) or mapper.rescaler.touches(name) else None  # fmt: skip
+        tshape = tuple(teacher_keys[src].shape)
+        mmap = moment_map(mapper, src, tshape) if tshape != tuple(student.get_parameter(
+            name).shape) or mapper.rescaler.touches(src) else None  # fmt: skip
         entry: dict[str, Any] = {}
         for k, v in old.items():
             if isinstance(v, torch.Tensor) and tuple(v.shape) == tshape and v.dim() > 0:

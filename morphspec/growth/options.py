@@ -99,6 +99,13 @@ class GrowOptions:
             "Rescale even where no exact compensation exists; report the deviation.",
         ),
     )
+    interleave: bool = field(
+        default=False,
+        metadata=_cli(
+            "--interleave",
+            "Place new repeat copies between the old ones (LLaMA-Pro); the plan records moves.",
+        ),
+    )
     rtol: float = field(
         default=DEFAULT_RTOL,
         metadata=_cli("--rtol", "Pass when max|s-t| / max|t| is at most this.", min=0.0),

@@ -25,8 +25,8 @@ from morphspec.spec import load_spec
 from morphspec.spec.load import SetArg
 
 __all__ = [
-    "AddProjection", "GrowKernel", "InsertBlocks", "InsertLayers", "Plan", "WidenSpace", "diff",
-    "plan_for",
+    "AddProjection", "GrowKernel", "InsertBlocks", "InsertLayers", "InterleaveBlocks", "Plan",
+    "WidenSpace", "diff", "plan_for",
 ]  # fmt: skip
 
 IGNORED = {"momentum"}  # training-time only: never changes what eval mode computes
@@ -85,7 +85,18 @@ class InsertLayers:
     op: str = "insert_layers"
 
 
-Op = WidenSpace | InsertBlocks | AddProjection | GrowKernel | InsertLayers
+@dataclass(frozen=True)
+class InterleaveBlocks:
+    """New copies of the repeat at `repeat` placed between the old ones (`--interleave`):
+    each (from, to) moves a copy of the appended layout (old copies, then new) to its place;
+    an old copy's move says where that teacher block went."""
+
+    repeat: str
+    moves: tuple[tuple[str, str], ...]
+    op: str = "interleave_blocks"
+
+
+Op = WidenSpace | InsertBlocks | AddProjection | GrowKernel | InsertLayers | InterleaveBlocks
 
 
 @dataclass
@@ -101,6 +112,8 @@ class Plan:
     projections: dict[str, str] = field(default_factory=dict)
     kernels: dict[str, GrowKernel] = field(default_factory=dict)
     insert_runs: list[tuple[str, ...]] = field(default_factory=list)
+    renames: dict[str, str] = field(default_factory=dict)
+    """Block paths of the appended layout -> their places (`growth/interleave.py`)."""
 
     @property
     def widens(self) -> list[WidenSpace]:
@@ -132,6 +145,14 @@ class Plan:
         ref = f"{repeat}.{last}{key[len(block) :]}"
         return ref if ref in self.teacher.state_shapes() else None
 
+    def student_key(self, key: str) -> str:
+        """Where tensor `key` of the appended layout ends up (itself unless interleaved)."""
+        return _moved(key, self.renames)
+
+    def source_key(self, key: str) -> str:
+        """The appended-layout key of the student's `key` (the inverse of student_key)."""
+        return _moved(key, {v: k for k, v in self.renames.items()})
+
     def to_json(self) -> dict[str, Any]:
         return {
             "teacher": self.teacher.name,
@@ -145,11 +166,18 @@ class Plan:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
 
 
+def _moved(key: str, renames: dict[str, str]) -> str:
+    for src, dst in renames.items():
+        if key.startswith(src + "."):
+            return dst + key[len(src) :]
+    return key
+
+
 def _op_json(op: Op) -> dict[str, Any]:
     out = asdict(op)
     for k, v in out.items():
         if isinstance(v, tuple):
-            out[k] = list(v)
+            out[k] = [list(x) if isinstance(x, tuple) else x for x in v]
     return out
 
 

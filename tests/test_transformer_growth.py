@@ -336,3 +336,35 @@ def test_interleaved_order() -> None:
     assert interleaved_order(4, 6) == [0, 1, 4, 2, 3, 5]
     assert interleaved_order(3, 5) == [0, 3, 1, 2, 4]
     assert interleaved_order(1, 4) == [1, 2, 0, 3]  # more new than old: they gather
+
+
+def test_interleave_refuses_a_repeat_whose_first_copy_differs(tmp_path: Path) -> None:
+    """resnet_cifar18's stages override copy 0 (`first`: stride 2, projection shortcut):
+    a new copy cannot take its place."""
+    from morphspec.grow import prepare
+    from morphspec.growth.apply import StateSource
+    from morphspec.growth.families import GrowOptions
+    from morphspec.growth.plan import plan_for
+
+    specs = Path(__file__).resolve().parent.parent / "examples" / "specs"
+    _, _, plan = plan_for(specs / "resnet_cifar10.yaml", specs / "resnet_cifar18.yaml")
+    state = {k: torch.zeros(s) for k, s in plan.teacher.state_shapes().items()}
+    with pytest.raises(PlanRefused, match="copies of repeat 'layer2' differ") as err:
+        prepare(plan, StateSource(state), GrowOptions(interleave=True), "t")
+    assert str(err.value.problems[0].mark) == where(
+        specs / "resnet_cifar18.yaml", "repeat: {name: layer2"
+    )
+
+
+def test_a_stream_with_both_norm_kinds_has_no_fill(tmp_path: Path) -> None:
+    text = transformer_spec(**GPT).replace(
+        "layernorm: {eps: 1e-05, name: ln_f}", "rmsnorm: {eps: 1e-05, name: ln_f}"
+    )
+    assert "rmsnorm" in text
+    (tmp_path / "t.yaml").write_text(text, encoding="utf-8")
+    student = text.replace("dim: 16", "dim: 20").replace("eps: 1e-05", "eps: 8e-06")
+    (tmp_path / "s.yaml").write_text(student, encoding="utf-8")
+    model = build_teacher(text, tmp_path / "t.yaml")
+    with pytest.raises(PlanRefused, match="has no fill lift") as err:
+        grow(model, tmp_path / "t.yaml", tmp_path / "s.yaml")
+    assert str(err.value.problems[0].mark) == where(tmp_path / "s.yaml", "layernorm: {eps")

@@ -63,12 +63,15 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 def _grow(
     tmp_path: Path, teacher: dict[str, Any], student: dict[str, Any], family: str,
     dtype: torch.dtype = torch.float64, rtol: float = 1e-10, train: bool = False,
+    **options: Any,
 ) -> tuple[torch.nn.Module, GrowResult]:  # fmt: skip
     model = build_teacher(transformer_spec(**teacher), tmp_path / "t.yaml", dtype)
     model.train(train)
     (tmp_path / "s.yaml").write_text(transformer_spec(**student), encoding="utf-8")
     with one_intraop_thread():
-        result = grow(model, tmp_path / "t.yaml", tmp_path / "s.yaml", family=family, rtol=rtol)
+        result = grow(
+            model, tmp_path / "t.yaml", tmp_path / "s.yaml", family=family, rtol=rtol, **options
+        )
     return model, result
 
 
@@ -368,3 +371,28 @@ def test_a_stream_with_both_norm_kinds_has_no_fill(tmp_path: Path) -> None:
     with pytest.raises(PlanRefused, match="has no fill lift") as err:
         grow(model, tmp_path / "t.yaml", tmp_path / "s.yaml")
     assert str(err.value.problems[0].mark) == where(tmp_path / "s.yaml", "layernorm: {eps")
+
+
+@pytest.mark.parametrize("family", ["net2net", "netmorph"])
+def test_new_blocks_as_copies_of_trained_ones(tmp_path: Path, family: str) -> None:
+    """--new-blocks copy (LLaMA-Pro): a new block is the teacher's last block with o_proj
+    and down_proj zero; exact, interleaved or not."""
+    model = build_teacher(transformer_spec(**{**LLAMA, "layers": 2}), tmp_path / "t.yaml")
+    (tmp_path / "s.yaml").write_text(transformer_spec(**{**LLAMA, "layers": 4}), "utf-8")
+    with one_intraop_thread():
+        result = grow(model, tmp_path / "t.yaml", tmp_path / "s.yaml", family=family,
+                      new_blocks="copy", interleave=True, rtol=1e-10)  # fmt: skip
+    assert result.verification is not None and result.train_verification is not None
+    assert max(result.verification.rel_err, result.train_verification.rel_err) <= 1e-10
+    s, t = result.student.state_dict(), model.state_dict()
+    for new in ("transformer.h.1", "transformer.h.3"):  # interleaved: old 0, new, old 1, new
+        assert torch.equal(s[f"{new}.attn.q_proj.weight"], t["transformer.h.1.attn.q_proj.weight"])
+        assert not s[f"{new}.attn.o_proj.weight"].any()
+        assert not s[f"{new}.ffn.mlp.down_proj.weight"].any()
+
+
+def test_new_blocks_copy_is_refused_by_r2r(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text(transformer_spec(**{**GPT, "layers": 2}), "utf-8")
+    with pytest.raises(PlanRefused, match="--new-blocks copy: r2r") as err:
+        _grow(tmp_path, GPT, {**GPT, "layers": 2}, "r2r", new_blocks="copy")
+    assert str(err.value.problems[0].mark) == where(tmp_path / "s.yaml", "- sequential:")

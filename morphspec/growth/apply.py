@@ -61,6 +61,8 @@ class _Source:
             and not family.rescaler.touches(key)
         ):
             return teacher  # nothing grew along any dimension of this tensor
+        if ref is not None and family.options.new_blocks == "copy":
+            teacher = self.reader.get(ref, copy=False)  # a copy of the trained block (LLaMA-Pro)
         if ref is not None and ref not in self.ref_std:
             self.ref_std[ref] = std_of(self.reader.get(ref, copy=False))
         return family.tensor(key, teacher, self.ref_std.get(ref) if ref else None, dtype)

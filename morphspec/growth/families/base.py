@@ -196,6 +196,16 @@ class Family:
             nodes = [plan.student.node(p) for p in run]
             label = f"new layer{'s' if len(run) > 1 else ''} {', '.join(run)}"
             problems.extend(self._check_new(label, nodes, facts))
+        if self.options.new_blocks == "copy" and (
+            self.pairs_new_spaces or facts.identity_layers or not self.exact
+        ):
+            problems.append(Problem(
+                f"--new-blocks copy: {self.name} makes a new block start as the identity by"
+                " pairing its heads and hidden units (r2r) or by identity layers, which would"
+                " overwrite the copied weights; use --family net2net or netmorph on residual"
+                " blocks (their o_proj/down_proj start at zero, LLaMA-Pro's rule)",
+                plan.student.spec.mark(("body",)),
+            ))  # fmt: skip
         return problems
 
     def _check_new(self, label: str, nodes: list[Node], facts: Facts) -> list[Problem]:

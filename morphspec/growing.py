@@ -25,6 +25,7 @@ from morphspec.checkpoint.finite import check_finite_tensors
 from morphspec.errors import Mark, MorphError, NotPreservingError, closest
 from morphspec.growth.apply import StateSource, TensorSource, student_entries
 from morphspec.growth.families import FAMILIES, Family, make_family
+from morphspec.growth.interleave import interleave
 from morphspec.growth.options import GrowOptions
 from morphspec.growth.plan import Plan, diff
 from morphspec.spec import Spec, load_spec
@@ -52,6 +53,8 @@ def prepare(plan: Plan, source: TensorSource, options: GrowOptions, teacher_labe
     if options.family not in FAMILIES:
         raise MorphError(f"unknown family '{options.family}'{closest(options.family, FAMILIES)}")
     check_keys(source, plan.teacher.state_shapes(), teacher_label)
+    if options.interleave and not plan.renames:
+        interleave(plan)
     return make_family(options.family, plan, options, source.get)
 
 
@@ -127,7 +130,8 @@ def grow(
     t_arch, s_arch = plan.teacher, plan.student
     device = next(iter(state.values())).device if state else torch.device("cpu")
     grown = {
-        e.key: _owned(e.produce(), state.get(e.key)) for e in student_entries(plan, grower, source)
+        e.key: _owned(e.produce(), state.get(plan.source_key(e.key)))
+        for e in student_entries(plan, grower, source)
     }
     student = build_arch(s_arch)
     student.load_state_dict(grown, strict=True, assign=True)

@@ -177,7 +177,7 @@ def test_growable_args_come_from_the_registry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Which args may grow is the kind's entry, not the argument's name."""
-    assert KINDS["attention"].grows == frozenset()  # heads: described, not grown yet
+    assert KINDS["attention"].grows == frozenset({"heads", "kv_heads", "head_dim"})
     t, s = _specs(tmp_path)
     assert plan_for(t, s)[2].widens
     _patched(monkeypatch, "linear", replace(KINDS["linear"], grows=frozenset()))

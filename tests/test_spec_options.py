@@ -18,6 +18,7 @@ import morphspec
 from morphspec.arch import resolve
 from morphspec.builder.layers import RMSNorm, apply_rope
 from morphspec.errors import PlanRefused, SpecError
+from morphspec.growth.families import GrowOptions, make_family
 from morphspec.growth.plan import diff
 from morphspec.spec import load_spec
 
@@ -143,8 +144,11 @@ def test_growth_refuses_to_widen_a_tied_pair(tmp_path: Path) -> None:
     mlp = TIED.replace("  - layernorm: {name: ln}\n", "  - mlp: {name: ln, hidden: 8}\n")
     teacher = resolve(load_spec(_write(tmp_path, mlp, "t.yaml")))
     student = resolve(load_spec(_write(tmp_path, mlp.replace("dim: 4", "dim: 6"), "s.yaml")))
-    with pytest.raises(PlanRefused, match="tied pair"):
-        diff(teacher, student)
+    plan = diff(teacher, student)  # planned; every exact family refuses it
+    for family in ("r2r", "net2net", "netmorph"):
+        with pytest.raises(PlanRefused, match="tied pair widens") as err:
+            make_family(family, plan, GrowOptions())
+        assert err.value.problems[0].mark == student.node("head").mark
     # widening what the tie does not touch is still planned
     wide = resolve(load_spec(_write(tmp_path, mlp.replace("hidden: 8", "hidden: 10"), "w.yaml")))
     assert diff(teacher, wide).ops

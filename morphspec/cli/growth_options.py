@@ -20,6 +20,7 @@ from morphspec.growth.plan import (
     GrowKernel,
     InsertBlocks,
     InsertLayers,
+    InterleaveBlocks,
     Plan,
     WidenSpace,
 )  # fmt: skip
@@ -110,13 +111,23 @@ def plan_table(plan: Plan, family: str = "r2r") -> Table:
             odd = f" + {op.odd} unpaired" if op.odd else ""
             where = op.space if len(op.edges) <= 1 else f"{op.space} (+{len(op.edges) - 1} joined)"
             how = f"{op.pairs} pairs{odd}" if family == "r2r" else f"+{op.new - op.old} channels"
-            if op.space in tied and family not in ("randpad", "ode-refine"):
+            space = next((sp for sp in plan.graph.spaces if sp.label == op.space), None)
+            if space is not None and space.mixing_norms:
+                how = "norm-preserving lift"
+            elif space is not None and any(r.layout.kind == "groups" for r in space.roles):
+                how = f"+{op.new - op.old}, by head"
+            elif op.space in tied and family not in ("randpad", "ode-refine"):
                 how = f"+{op.new - op.old}, new rows of the tied K zero"
             table.add_row("widen", where, f"{op.old} -> {op.new} ({how})")
         elif isinstance(op, InsertBlocks):
             table.add_row("insert blocks", op.repeat, f"{op.old_times} -> {op.new_times} copies")
         elif isinstance(op, InsertLayers):
             table.add_row("insert layers", ", ".join(op.layers), "new, between teacher layers")
+        elif isinstance(op, InterleaveBlocks):
+            moves = ", ".join(
+                f"{a.rpartition('.')[2]}->{b.rpartition('.')[2]}" for a, b in op.moves
+            )
+            table.add_row("interleave", op.repeat, f"copies move {moves}")
         elif isinstance(op, GrowKernel):
             table.add_row("grow kernel", op.layer, f"{op.old}x{op.old} -> {op.new}x{op.new}")
         elif isinstance(op, AddSteps):

@@ -35,8 +35,9 @@ def student_entries(plan: Plan, family: Family, reader: TensorSource) -> list[Te
             dtype = reader.dtype(ref)
         else:
             dtype = torch.int64 if key.endswith("num_batches_tracked") else default
-        entries.append(TensorEntry(key, shape, dtype, source.producer(key, ref, dtype)))
-    return entries
+        producer = source.producer(key, ref, dtype)
+        entries.append(TensorEntry(plan.student_key(key), shape, dtype, producer))
+    return sorted(entries, key=lambda e: e.key) if plan.renames else entries
 
 
 class _Source:
@@ -62,6 +63,8 @@ class _Source:
             and not family.rescaler.touches(key)
         ):
             return teacher  # nothing grew along any dimension of this tensor
+        if ref is not None and family.options.new_blocks == "copy":
+            teacher = self.reader.get(ref, copy=False)  # a copy of the trained block (LLaMA-Pro)
         if ref is not None and ref not in self.ref_std:
             self.ref_std[ref] = std_of(self.reader.get(ref, copy=False))
         return family.tensor(key, teacher, self.ref_std.get(ref) if ref else None, dtype)

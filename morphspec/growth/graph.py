@@ -84,6 +84,8 @@ class SpaceGraph:
     """Whether the tensor entering each node (by path) is known to be non-negative."""
     pads: dict[int, tuple[int, str]] = field(default_factory=dict)
     """For the output space of each channel_pad: its input space and the pad's path."""
+    input_space: dict[str, int] = field(default_factory=dict)
+    """The space of the tensor entering each node, by path (a tied head reads it)."""
 
     def roles(self, key: str) -> Iterator[tuple[Role, ChannelSpace]]:
         for role, sid in self.tensor_roles.get(key, []):
@@ -128,6 +130,7 @@ class _Builder:
         self.nonneg: dict[str, bool] = {}
         self.input_nonneg: dict[str, bool] = {}
         self.pads: list[tuple[str, str, str]] = []
+        self.input_edge: dict[str, str] = {}
 
     def edge(self, name: str, size: int, nonneg: bool = False) -> str:
         self.uf.add(name)
@@ -142,6 +145,7 @@ class _Builder:
     def walk(self, node: Node, edge: str, mult: int) -> tuple[str, int]:
         kind = node.kind
         self.input_nonneg[node.path] = self.nonneg.get(edge, False)
+        self.input_edge[node.path] = edge
         if kind in ("sequential", "repeat"):
             for child in node.children:
                 edge, mult = self.walk(child, edge, mult)
@@ -239,4 +243,5 @@ def space_graph(arch: Arch) -> SpaceGraph:
     spaces[edge_space[first]].is_input = True
     spaces[edge_space[last]].is_output = True
     pads = {edge_space[out]: (edge_space[inp], path) for path, inp, out in b.pads}
-    return SpaceGraph(spaces, edge_space, tensor_roles, dict(b.input_nonneg), pads)
+    inputs = {path: edge_space[e] for path, e in b.input_edge.items()}
+    return SpaceGraph(spaces, edge_space, tensor_roles, dict(b.input_nonneg), pads, inputs)

@@ -169,11 +169,11 @@ class KindRule:
 
     def out_matrix(self) -> str | None:
         """The parameter whose rows write `out` from columns that read another space with
-        an appended layout (a linear's weight, an mlp's down_proj): the last layer R2DeeperR
-        zeroes."""
+        an appended or grouped layout (a linear's weight, an mlp's down_proj, attention's
+        o_proj): the last layer R2DeeperR zeroes."""
         writes = {r.param for r in self.roles if r.role == "producer" and r.space == "out"}
         for r in self.roles:
-            if r.param in writes and r.role == "consumer" and r.layout.kind == "append":
+            if r.param in writes and r.role == "consumer" and r.layout.kind != "segments":
                 return r.param
         return None
 
@@ -356,7 +356,8 @@ _RULES = [
         inner={"hidden": ("hidden",)},
         grows=frozenset({"hidden"}),
     ),
-    # Heads are described (groups layout) but not grown: no arg of attention may grow yet.
+    # heads and kv_heads grow by whole kv groups (or kv heads repeat), head_dim inside every
+    # head: growth/groups.py.
     KindRule(
         "attention",
         "new",
@@ -376,6 +377,7 @@ _RULES = [
             ParamRole("o_proj.bias", 0, "producer", "out"),
         ),
         inner={"heads": ("heads", "head_dim"), "kv": ("kv_heads", "head_dim")},
+        grows=frozenset({"heads", "kv_heads", "head_dim"}),
     ),
     _reversible("hamiltonian"),
     _reversible("midpoint"),

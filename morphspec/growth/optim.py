@@ -127,10 +127,14 @@ def map_optimizer(
     groups: list[list[nn.Parameter]] = [[] for _ in optimizer.param_groups]
     keys: list[list[str]] = [[] for _ in optimizer.param_groups]
     teacher_keys = dict(teacher.named_parameters())
+    made: dict[str, str] = {}  # the key the family made it under (interleaved blocks move)
+    sources: dict[str, str] = {}  # the teacher tensor it starts from (ode-refine: a step)
     for name, p in student.named_parameters():
-        if name in teacher_keys and name not in group_of:
+        made[name] = plan.source_key(name)
+        src = sources[name] = family.source_key(made[name])
+        if src in teacher_keys and src not in group_of:
             continue  # the teacher's optimizer did not train it: neither does the student's
-        ref = name if name in group_of else plan.reference_key(name)
+        ref = src if src in group_of else plan.reference_key(src)
         g = group_of.get(ref, 0) if ref is not None else 0
         groups[g].append(p)
         keys[g].append(name)
@@ -139,13 +143,14 @@ def map_optimizer(
     flat = [k for ks in keys for k in ks]
     state: dict[int, dict[str, Any]] = {}
     for i, name in enumerate(flat):
-        src = family.source_key(name)  # ode-refine: the step this one refines
+        src = sources[name]
         old = old_state.get(t_index.get(src, -1))
         if not old:
             continue  # a new parameter (or one never stepped) starts from zero state
         tshape = tuple(teacher_keys[src].shape)
-        mmap = moment_map(mapper, name, tshape) if tshape != tuple(student.get_parameter(
-            name).shape) or mapper.rescaler.touches(name) else None  # fmt: skip
+        key = made[name]
+        mmap = moment_map(mapper, key, tshape) if tshape != tuple(student.get_parameter(
+            name).shape) or mapper.rescaler.touches(key) or key != src else None  # fmt: skip
         entry: dict[str, Any] = {}
         for k, v in old.items():
             if isinstance(v, torch.Tensor) and tuple(v.shape) == tshape and v.dim() > 0:

@@ -25,6 +25,7 @@ __all__ = [
 FamilyName = Literal["r2r", "net2net", "netmorph", "randpad", "ode-refine"]
 InitMode = Literal["match", "he"]
 NetmorphZero = Literal["out", "in"]
+NewBlocks = Literal["fresh", "copy"]
 RescaleMode = Literal["none", "default_vt", "vt_constraint_old_shape", "vt_constraint_new_shape"]
 
 
@@ -97,6 +98,20 @@ class GrowOptions:
         metadata=_cli(
             "--allow-inexact",
             "Rescale even where no exact compensation exists; report the deviation.",
+        ),
+    )
+    new_blocks: NewBlocks = field(
+        default="fresh",
+        metadata=_cli(
+            "--new-blocks",
+            "New repeat copies: fresh weights, or copies of the teacher's last copy (LLaMA-Pro).",
+        ),
+    )
+    interleave: bool = field(
+        default=False,
+        metadata=_cli(
+            "--interleave",
+            "Place new repeat copies between the old ones (LLaMA-Pro); the plan records moves.",
         ),
     )
     rtol: float = field(

@@ -18,6 +18,7 @@ from morphspec.arch.nodes import Arch, Node
 from morphspec.errors import PlanRefused, Problem
 from morphspec.growth.align import align
 from morphspec.growth.graph import SpaceGraph, space_graph
+from morphspec.growth.groups import head_growths
 from morphspec.growth.kinds import rule_of
 from morphspec.growth.steps import AddSteps, steps_op
 from morphspec.growth.unknown import unfilled_layouts, unknown_kinds, unruled_dims
@@ -25,7 +26,8 @@ from morphspec.spec import load_spec
 from morphspec.spec.load import SetArg
 
 __all__ = [
-    "AddProjection", "AddSteps", "GrowKernel", "InsertBlocks", "InsertLayers", "Plan",
+    "AddProjection", "AddSteps", "GrowKernel", "InsertBlocks", "InsertLayers",
+    "InterleaveBlocks", "Plan",
     "WidenSpace", "diff", "plan_for",
 ]  # fmt: skip
 
@@ -85,7 +87,26 @@ class InsertLayers:
     op: str = "insert_layers"
 
 
-Op = WidenSpace | InsertBlocks | AddProjection | GrowKernel | InsertLayers | AddSteps
+@dataclass(frozen=True)
+class InterleaveBlocks:
+    """New copies of the repeat at `repeat` placed between the old ones (`--interleave`):
+    each (from, to) moves a copy of the appended layout (old copies, then new) to its place;
+    an old copy's move says where that teacher block went."""
+
+    repeat: str
+    moves: tuple[tuple[str, str], ...]
+    op: str = "interleave_blocks"
+
+
+Op = (
+    WidenSpace
+    | InsertBlocks
+    | AddProjection
+    | GrowKernel
+    | InsertLayers
+    | InterleaveBlocks
+    | AddSteps
+)
 
 
 @dataclass
@@ -101,6 +122,8 @@ class Plan:
     projections: dict[str, str] = field(default_factory=dict)
     kernels: dict[str, GrowKernel] = field(default_factory=dict)
     insert_runs: list[tuple[str, ...]] = field(default_factory=list)
+    renames: dict[str, str] = field(default_factory=dict)
+    """Block paths of the appended layout -> their places (`growth/interleave.py`)."""
 
     @property
     def widens(self) -> list[WidenSpace]:
@@ -136,6 +159,14 @@ class Plan:
         ref = f"{repeat}.{last}{key[len(block) :]}"
         return ref if ref in self.teacher.state_shapes() else None
 
+    def student_key(self, key: str) -> str:
+        """Where tensor `key` of the appended layout ends up (itself unless interleaved)."""
+        return _moved(key, self.renames)
+
+    def source_key(self, key: str) -> str:
+        """The appended-layout key of the student's `key` (the inverse of student_key)."""
+        return _moved(key, {v: k for k, v in self.renames.items()})
+
     def to_json(self) -> dict[str, Any]:
         return {
             "teacher": self.teacher.name,
@@ -149,11 +180,18 @@ class Plan:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
 
 
+def _moved(key: str, renames: dict[str, str]) -> str:
+    for src, dst in renames.items():
+        if key.startswith(src + "."):
+            return dst + key[len(src) :]
+    return key
+
+
 def _op_json(op: Op) -> dict[str, Any]:
     out = asdict(op)
     for k, v in out.items():
         if isinstance(v, tuple):
-            out[k] = list(v)
+            out[k] = [list(x) if isinstance(x, tuple) else x for x in v]
     return out
 
 
@@ -226,14 +264,6 @@ def diff(teacher: Arch, student: Arch) -> Plan:
                 s.mark,
             ))  # fmt: skip
             continue
-        if t.args.get("tie") and t.inp.channels != s.inp.channels:  # until growth knows ties
-            problems.append(Problem(
-                f"'{path}' shares the weight of '{t.args['tie']}' (tie), and growth cannot yet"
-                f" widen a tied pair ({t.inp.channels} -> {s.inp.channels}; {_where(t, s)});"
-                " keep the width, or untie the head in both specs",
-                s.mark,
-            ))  # fmt: skip
-            continue
         grown = _grown_kernel(t, s)
         if grown is not None:
             ops.append(grown)
@@ -278,6 +308,7 @@ def diff(teacher: Arch, student: Arch) -> Plan:
     kernels = {op.layer: op for op in ops if isinstance(op, GrowKernel)}
     problems = unruled_dims(teacher, student, graph, teacher_size, set(kernels))
     problems += unfilled_layouts(student, graph, teacher_size)
+    problems += head_growths(teacher, student)[1]
     if problems:
         raise PlanRefused(problems)
     return Plan(
@@ -316,6 +347,11 @@ def _last_layer(arch: Arch) -> Node:
     return with_params[-1] if with_params else arch.root
 
 
+def _norm_widens(t: Node, s: Node) -> bool:
+    rule = rule_of(t.kind)
+    return rule is not None and rule.mixes_channels and s.inp.channels > t.inp.channels
+
+
 def _compare_args(t: Node, s: Node, skip: set[str]) -> list[Problem]:
     problems = []
     for name, tv in t.args.items():
@@ -323,6 +359,8 @@ def _compare_args(t: Node, s: Node, skip: set[str]) -> list[Problem]:
         if sv == tv or name in IGNORED or name in skip:
             continue
         rule = rule_of(t.kind)
+        if name == "eps" and _norm_widens(t, s):
+            continue  # a norm's eps may follow its width: growth/lifts.py checks it
         growable = rule.grows if rule is not None else frozenset()
         if name in growable and isinstance(tv, int) and isinstance(sv, int):
             if sv < tv:

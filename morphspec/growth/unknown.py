@@ -11,6 +11,7 @@ from __future__ import annotations
 from morphspec.arch.nodes import Arch
 from morphspec.errors import Problem
 from morphspec.growth.graph import SpaceGraph
+from morphspec.growth.groups import GROUPED_KINDS
 from morphspec.growth.kinds import rule_of
 
 __all__ = ["unfilled_layouts", "unknown_kinds", "unruled_dims"]
@@ -62,7 +63,8 @@ def unruled_dims(
 
 
 FILLED = ("append", "segments")
-"""Layouts the families fill (segments and ties: growth/segments.py)."""
+"""Layouts the families fill (segments and ties: growth/segments.py; `groups` of the kinds
+in GROUPED_KINDS: growth/groups.py)."""
 
 
 def unfilled_layouts(student: Arch, graph: SpaceGraph, sizes: dict[int, int]) -> list[Problem]:
@@ -73,7 +75,8 @@ def unfilled_layouts(student: Arch, graph: SpaceGraph, sizes: dict[int, int]) ->
             continue
         for role in space.roles:
             node = student.node(role.node)
-            if role.layout.kind in FILLED:
+            grouped = role.layout.kind == "groups" and node.kind in GROUPED_KINDS
+            if role.layout.kind in FILLED or grouped:
                 continue
             what = role.layout.describe()
             problems.append(Problem(

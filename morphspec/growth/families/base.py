@@ -28,6 +28,7 @@ from morphspec.errors import PlanRefused, Problem
 from morphspec.growth import segments
 from morphspec.growth.conditions import FAMILY_CONDITIONS, Conditions
 from morphspec.growth.graph import ChannelSpace, Role
+from morphspec.growth.groups import InsideFill, register_groups, repeat_kv
 from morphspec.growth.init import (
     add_normal,
     generator,
@@ -36,6 +37,7 @@ from morphspec.growth.init import (
     uniform_into,
 )  # fmt: skip
 from morphspec.growth.kinds import KindRule, kinds_where, rule_of
+from morphspec.growth.lifts import Lift, check_lifts, lift_consume, lift_produce
 from morphspec.growth.options import GrowOptions, RescaleMode
 from morphspec.growth.plan import Plan
 from morphspec.growth.rescale import Rescaler, rescale
@@ -61,6 +63,17 @@ class Facts:
     """Weights whose every row must output zero (R2R's paired last layer of a new block)."""
     segments: SegmentFacts = field(default_factory=SegmentFacts)
     """Placement, ties and reversible steps (growth/segments.py)."""
+    units: dict[int, tuple[ChannelSpace, int]] = field(default_factory=dict)
+    """Heads and kv spaces filled by whole kv groups: the proxy space of groups and the
+    entries per group (growth/groups.py)."""
+    repeats: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """kv spaces whose heads repeat: (factor, head_dim)."""
+    lifts: dict[int, Lift] = field(default_factory=dict)
+    """Spaces through a norm widened by a norm-preserving lift (growth/lifts.py)."""
+    scaled: dict[str, float] = field(default_factory=dict)
+    """Norm tensors divided by a factor: fills' gains, the norm before a tied head."""
+    inside: dict[str, InsideFill] = field(default_factory=dict)
+    """Attention tensors whose head_dim grows: entries appended inside every head."""
 
     def widened(self, space: ChannelSpace) -> bool:
         return space.size > self.sizes[space.id]
@@ -107,6 +120,8 @@ class Family:
     pairs_new_spaces: ClassVar[bool] = False
     ties: ClassVar[Literal["zero", "random", "refuse"]] = "zero"
     """New entries of a tied dimension (K and Kᵀ): zero, random (inexact), or refused."""
+    lift_split: ClassVar[bool] = False
+    """Under the duplication lift, consumers read W/k + R_j, W/k − ΣR_j (R2R), not W/k."""
 
     def __init__(
         self, plan: Plan, options: GrowOptions | None = None,
@@ -150,15 +165,15 @@ class Family:
         filling will need is recorded in `facts` (and nowhere else)."""
         problems: list[Problem] = []
         plan = self.plan
+        problems += register_groups(
+            plan.teacher, plan.student, plan.graph, facts.sizes, facts.units, facts.repeats,
+            facts.inside,
+        )  # fmt: skip
+        problems += check_lifts(
+            plan.teacher, plan.student, plan.graph, facts.sizes, self.exact, facts.lifts,
+            facts.scaled,
+        )  # fmt: skip
         for space in plan.graph.spaces:
-            if facts.widened(space) and space.mixing_norms and self.exact:
-                norm = plan.student.node(space.mixing_norms[0])
-                problems.append(Problem(
-                    f"channel space '{space.label}' passes through {norm.kind} '{norm.path}',"
-                    f" whose statistics mix channels: {self.name} would change them. Keep that"
-                    " width, or wait for norm-preserving lifts",
-                    norm.mark,
-                ))  # fmt: skip
             if facts.widened(space) and space.frozen_by:
                 node = plan.student.node(space.frozen_by[0])
                 why = _rule(node).freezes_input or (
@@ -187,6 +202,16 @@ class Family:
             nodes = [plan.student.node(p) for p in run]
             label = f"new layer{'s' if len(run) > 1 else ''} {', '.join(run)}"
             problems.extend(self._check_new(label, nodes, facts))
+        if self.options.new_blocks == "copy" and (
+            self.pairs_new_spaces or facts.identity_layers or not self.exact
+        ):
+            problems.append(Problem(
+                f"--new-blocks copy: {self.name} makes a new block start as the identity by"
+                " pairing its heads and hidden units (r2r) or by identity layers, which would"
+                " overwrite the copied weights; use --family net2net or netmorph on residual"
+                " blocks (their o_proj/down_proj start at zero, LLaMA-Pro's rule)",
+                plan.student.spec.mark(("body",)),
+            ))  # fmt: skip
         return problems + segments.check(self, facts)
 
     def _check_new(self, label: str, nodes: list[Node], facts: Facts) -> list[Problem]:
@@ -226,6 +251,9 @@ class Family:
         problems: list[Problem] = []
         nonneg = self.plan.graph.input_nonneg.get(node.path, False)
         for post in node.post:
+            if post.kind == "residual":  # a nested block (gpt_mini's ffn): it starts at zero too
+                problems.extend(self.check_residual_block(post, facts))
+                continue
             rule = rule_of(post.kind)
             on_nonneg = rule is not None and rule.identity_on_nonneg
             if (rule is not None and rule.is_identity) or (on_nonneg and nonneg):
@@ -235,6 +263,11 @@ class Family:
                 if on_nonneg
                 else "it is not the identity on the stream"
             )
+            if rule is not None and rule.mixes_channels:
+                why = (
+                    "a post-norm block normalises x + F(x), and norm(x) ≠ x: no choice of the"
+                    " new block's weights makes it the identity (grow pre-norm blocks)"
+                )
             problems.append(Problem(
                 f"new block '{node.path}': its post op {post.kind} must be the identity on"
                 f" the incoming stream so the block starts as the identity, but {why}",
@@ -402,7 +435,18 @@ class Family:
         dtype: torch.dtype,
     ) -> torch.Tensor:  # fmt: skip
         """The student's `key` in `dtype`; `reference_std` is the spread of the same tensor
-        in the teacher's last repeat copy, for a tensor of an appended copy."""
+        in the teacher's last repeat copy, for a tensor of an appended copy. A bfloat16 or
+        float16 tensor is computed in float64 and rounded once at the end, so a rule that
+        is not exact after rounding (W/2 ± R, √(d'/d)) loses one rounding, no more."""
+        if dtype in (torch.bfloat16, torch.float16):
+            wide = teacher.to(torch.float64) if teacher is not None else None
+            return self._tensor(key, wide, reference_std, torch.float64).to(dtype)
+        return self._tensor(key, teacher, reference_std, dtype)
+
+    def _tensor(
+        self, key: str, teacher: torch.Tensor | None, reference_std: float | None,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:  # fmt: skip
         shape = self.shapes[key]
         local = key.rsplit(".", 1)[-1]
         node_path = key.rsplit(".", 1)[0]
@@ -430,19 +474,47 @@ class Family:
             region = self.region(key, tuple(teacher.shape))
             if local == "weight" and node_path in self.plan.kernels and self.exact:
                 x[tuple(slice(0, n) for n in teacher.shape[:2])] = 0  # the border is zero
-            x[region] = teacher
+            if key in self.facts.inside:
+                self.facts.inside[key].place(x, teacher)
+            else:
+                x[region] = teacher
         self.fix(key, node_path, local, x)
         old_rows = int(teacher.shape[0]) if teacher is not None and teacher.dim() else 0
+        lifts, repeats = self.facts.lifts, self.facts.repeats
         for role, space in roles:
-            if role.kind == "consumer" and self.applies_to(space):
+            if role.kind == "consumer" and space.id in lifts:
                 rows = self.protected_rows(x, key, old_rows)
                 if rows is not None:
                     v, d = channel_view(rows, role.dim, role.mult)
+                    lift_consume(v, d, lifts[space.id], self.lift_split)
+                continue
+            space, mult = self.facts.units.get(space.id, (space, role.mult))
+            if role.kind == "consumer" and self.applies_to(space):
+                rows = self.protected_rows(x, key, old_rows)
+                if rows is not None:
+                    v, d = channel_view(rows, role.dim, mult)
                     segments.rule(self, True, v, d, space, key, role)
+        fill = self.facts.inside.get(key)
+        if fill is not None and self.applies_to(fill.space):
+            v, d = fill.view(x)
+            if fill.op == "consume":
+                self.consume(v, d, fill.space, key)
+            else:
+                self.produce(v, d, fill.space, key, Role(key, fill.dim, "producer", node_path))
         for role, space in roles:
-            if role.kind != "consumer" and self.applies_to(space):
+            if space.id in repeats and role.dim == 0 and old_rows:
+                repeat_kv(x, old_rows, *repeats[space.id])
+        for role, space in roles:
+            if role.kind != "consumer" and space.id in lifts:
                 v, d = channel_view(x, role.dim, role.mult)
+                lift_produce(v, d, lifts[space.id], role.kind == "producer")
+                continue
+            space, mult = self.facts.units.get(space.id, (space, role.mult))
+            if role.kind != "consumer" and self.applies_to(space) and space.id not in repeats:
+                v, d = channel_view(x, role.dim, mult)
                 segments.rule(self, False, v, d, space, key, role)
+        if key in self.facts.scaled:
+            x.div_(self.facts.scaled[key])
         segments.finish(self, key, x, roles)
         return x
 
@@ -456,6 +528,8 @@ class Family:
         """Views of `x` outside the teacher's leading slice (the whole of `x` when there is
         no teacher, or its kernel grows): only those need random values."""
         if teacher is None or key.rsplit(".", 1)[0] in self.plan.kernels:
+            return [x]
+        if key in self.facts.inside:  # new entries inside every head: draw them all
             return [x]
         parts = []
         for d in range(x.dim()):
@@ -478,8 +552,8 @@ class Family:
     def protected_rows(self, x: torch.Tensor, key: str, old_rows: int) -> torch.Tensor | None:
         """The rows whose outputs must not change: the teacher's (real or stand-in) rows;
         every row of a new block's last layer that must output zero."""
-        if key in self.facts.zero_rows:
-            return x
+        if key in self.facts.zero_rows or key in self.facts.inside:
+            return x  # head_dim: the teacher's rows are spread over the heads
         return x.narrow(0, 0, old_rows) if old_rows else None
 
     def _identity(self, node: Node, local: str, dtype: torch.dtype) -> torch.Tensor:

@@ -43,6 +43,7 @@ class R2R(Family):
 
     name = "r2r"
     pairs_new_spaces = True
+    lift_split = True
 
     # -- conditions ---------------------------------------------------------------------
     def check_new_block(self, node: Node, facts: Facts) -> list[Problem]:

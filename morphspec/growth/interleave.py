@@ -1,0 +1,59 @@
+"""New repeat copies placed between the teacher's (LLaMA-Pro's block expansion).
+
+Growth appends new copies of a `repeat` (old copies keep their keys) and makes each start
+as the identity, whatever its input: its output is exactly zero in eval and train mode.
+The identity commutes with every block, so the copies may then be reordered without
+changing the function. `--interleave` does that: with T old and N new copies, the old
+copies are split into N runs of ⌊T/N⌋ or ⌈T/N⌉ and a new copy follows each run
+(T = 2 → 4: old 0, new, old 1, new). Tensors are made in the appended layout, as always,
+and renamed on the way out; the plan records every move (`interleave_blocks`, with the
+teacher's blocks' new places), and so does the checkpoint's metadata.
+"""
+
+from __future__ import annotations
+
+from morphspec.errors import PlanRefused, Problem
+from morphspec.growth.plan import InterleaveBlocks, Plan
+
+__all__ = ["interleave", "interleaved_order"]
+
+
+def interleaved_order(old: int, new: int) -> list[int]:
+    """`order[p]` = the appended copy that ends at position p (copies ≥ `old` are new)."""
+    added = new - old
+    order: list[int] = []
+    start = 0
+    for g in range(added):
+        end = (g + 1) * old // added
+        order += [*range(start, end), old + g]
+        start = end
+    return order
+
+
+def _relative(plan: Plan, path: str) -> dict[str, tuple[int, ...]]:
+    node = plan.student.node(path)
+    return {k[len(path) :]: s for k, s in node.state_shapes().items()}
+
+
+def interleave(plan: Plan) -> None:
+    """Record, in `plan`, the moves that place each repeat's new copies between its old
+    ones; refuse a repeat whose copies differ in their tensors."""
+    problems: list[Problem] = []
+    for op in list(plan.inserts):
+        first = _relative(plan, f"{op.repeat}.0")
+        if any(_relative(plan, f"{op.repeat}.{i}") != first for i in range(op.new_times)):
+            problems.append(Problem(
+                f"--interleave: the copies of repeat '{op.repeat}' differ in their tensors,"
+                " so a copy cannot take another's place; grow without --interleave",
+                plan.student.node(op.repeat).mark,
+            ))  # fmt: skip
+            continue
+        moves = tuple(
+            (f"{op.repeat}.{src}", f"{op.repeat}.{pos}")
+            for pos, src in enumerate(interleaved_order(op.old_times, op.new_times))
+            if src != pos
+        )
+        plan.ops.append(InterleaveBlocks(op.repeat, moves))
+        plan.renames.update(dict(moves))
+    if problems:
+        raise PlanRefused(problems)

@@ -10,8 +10,9 @@ One student tensor is made at a time (so conversion streams):
 3. the family's rule for each channel space the tensor touches: first the columns that read
    a widened space (for the rows that must keep their values), then the rows that write it.
 
-Random values are drawn in float64 and cast to the teacher's dtype. Everything else is
-copying, negating, zeroing or dividing, so no tensor needs a float64 copy of itself.
+Random values are drawn in the storage dtype (they are free; derived values such as
+rescale factors stay float64). Everything else is copying, negating, zeroing or dividing,
+so no tensor needs a float64 copy of itself. A tensor that starts at zero draws nothing.
 """
 
 from __future__ import annotations
@@ -416,7 +417,8 @@ class Family:
             std = tensor_std(existing, shape, self.options.init, self.options.init_scale)
             x = torch.empty(shape, dtype=dtype)
             gen, noise = generator(self.options.seed, key), generator(self.options.seed, key, "n")
-            for part in self._new_entries(x, key, teacher):
+            fresh = [] if key in self.facts.zero_keys else self._new_entries(x, key, teacher)
+            for part in fresh:
                 uniform_into(part, std, gen)
                 if self.options.noise:
                     add_normal(part, self.options.noise * std, noise)

@@ -61,5 +61,8 @@ class _Source:
         ):
             return teacher  # nothing grew along any dimension of this tensor
         if ref is not None and ref not in self.ref_std:
-            self.ref_std[ref] = std_of(self.reader.get(ref, copy=False))
+            known = family.spreads.get(ref)  # the reference's own fill computed it already
+            self.ref_std[ref] = (
+                known if known is not None else std_of(self.reader.get(ref, copy=False))
+            )
         return family.tensor(key, teacher, self.ref_std.get(ref) if ref else None, dtype)

@@ -112,6 +112,9 @@ class Family:
         self.options = options or GrowOptions()
         self.conditions: Conditions = FAMILY_CONDITIONS[self.name]
         self.shapes = plan.student.state_shapes()
+        self.spreads: dict[str, float] = {}
+        """std_of of teacher tensors as stored, by key, once filled: an appended block's
+        tensor asks for its reference's spread again (apply.py), a full pass over it."""
         facts = self.new_facts()
         problems = self.check(facts)
         self.facts = facts
@@ -413,7 +416,11 @@ class Family:
             neutral = _rule(self.plan.student.node(node_path)).neutral.get(local, 0.0)
             x = torch.full(shape, neutral, dtype=torch.float64).to(dtype)
         else:
-            existing = std_of(teacher) if teacher is not None else reference_std
+            existing = reference_std
+            if teacher is not None:
+                existing = std_of(teacher)
+                if not self.rescaler.touches(key) and node_path not in self.identity_layers:
+                    self.spreads[key] = existing
             std = tensor_std(existing, shape, self.options.init, self.options.init_scale)
             x = torch.empty(shape, dtype=dtype)
             gen, noise = generator(self.options.seed, key), generator(self.options.seed, key, "n")

@@ -13,7 +13,9 @@ are written, and written into the header last (checkpoint/writer.py).
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -95,9 +97,24 @@ _PLACEHOLDER = "0" * 64  # a sha256 hex digest's length: the header keeps its si
 
 @contextmanager
 def _hashing(reader: CheckpointReader) -> Iterator[Future[str]]:
-    """The teacher's sha256, computed on a thread (hashlib and reads release the GIL)."""
+    """The teacher's sha256 as `reader.sha256` computes it (its files in order), on a thread:
+    hashlib and reads release the GIL. An error or interrupt stops it at the next MiB, so
+    Ctrl-C does not wait for a large teacher to be hashed."""
+    stop = threading.Event()
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        for path in reader.paths:
+            with open(path, "rb") as f:
+                while not stop.is_set() and (chunk := f.read(1 << 20)):
+                    h.update(chunk)
+        return h.hexdigest()
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="morph-sha256") as pool:
-        yield pool.submit(reader.sha256)
+        try:
+            yield pool.submit(digest)
+        finally:
+            stop.set()
 
 
 def convert(

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from morphspec.checkpoint import INDEX_NAME, CheckpointReader, TensorEntry
 from morphspec.checkpoint.sharding import parse_size, plan_shards, write_sharded
-from morphspec.checkpoint.writer import header_bytes
+from morphspec.checkpoint.writer import header_bytes, write_safetensors
 from morphspec.cli.app import app
 from morphspec.convert import convert
 from morphspec.errors import MorphError, NotPreservingError
@@ -70,6 +70,8 @@ def test_shards_match_the_single_file(pair: tuple[Path, Path, Path], tmp_path: P
         assert got.keys() == sorted(want)
         assert all(same_bits(got.get(k), want[k]) for k in want)
         assert got.metadata == one.metadata  # the teacher's hash and the spec included
+    with CheckpointReader(ckpt) as teacher:  # hashed on a thread, written into the header last
+        assert one.metadata["morphspec.teacher_sha256"] == teacher.sha256() == result.teacher_sha256
     assert index["metadata"]["total_size"] == sum(t.nbytes for t in want.values())
     assert _files(tmp_path) == ["one.safetensors", "sharded"]  # no staging left behind
 
@@ -177,3 +179,18 @@ def test_cli(pair: tuple[Path, Path, Path], tmp_path: Path) -> None:
     ok = CliRunner().invoke(app, [*args, "--max-shard-size", "2MB", "--no-verify"])
     assert ok.exit_code == 0, ok.output
     assert INDEX_NAME in _files(tmp_path / "out")
+
+
+def test_late_metadata_must_keep_the_header_length(tmp_path: Path) -> None:
+    """The final header is written over the placeholder: a longer one would overwrite the
+    first tensor's bytes, so it is refused and nothing is left behind."""
+    entries = [TensorEntry("a", (2,), torch.float32, lambda: torch.ones(2))]
+    path = tmp_path / "x.safetensors"
+    write_safetensors(path, entries, {"k": "0" * 8}, late=lambda: {"k": "f" * 8})
+    with CheckpointReader(path) as r:
+        assert r.metadata == {"k": "f" * 8} and torch.equal(r.get("a"), torch.ones(2))
+    with pytest.raises(ValueError, match="same length"):
+        write_safetensors(
+            tmp_path / "y.safetensors", entries, {"k": "0"}, late=lambda: {"k": "0" * 20}
+        )
+    assert _files(tmp_path) == ["x.safetensors"]

@@ -21,7 +21,7 @@ from growth_helpers import make_teacher  # noqa: E402
 
 import morphspec  # noqa: E402
 from morphspec.drift import drift_ratio  # noqa: E402
-from morphspec.grow import grow  # noqa: E402
+from morphspec.growing import grow  # noqa: E402
 
 SPECS = ROOT / "examples" / "specs"
 CASES = {

@@ -1,6 +1,6 @@
 """morphspec: declare networks in YAML and grow trained checkpoints, keeping their function."""
 
-from morphspec.api import build, load, load_spec, resolve, save
+from morphspec.api import build, grow, load, load_spec, resolve, save
 from morphspec.arch import Arch
 from morphspec.errors import MorphError
 from morphspec.probe import ProbeReport, probe  # torch-free at import, like api.py
@@ -14,6 +14,7 @@ __all__ = [
     "Spec",
     "__version__",
     "build",
+    "grow",
     "load",
     "load_spec",
     "probe",

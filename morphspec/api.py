@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["build", "load", "load_spec", "resolve", "save"]
+    from morphspec.growing import GrowResult
+
+__all__ = ["build", "grow", "load", "load_spec", "resolve", "save"]
 
 
 def _arch(spec_or_path: Spec | Arch | str | Path, set: SetArg = None) -> Arch:
@@ -93,3 +95,17 @@ def save(
         )
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     return save_state_dict(tensors, Path(path), make_metadata(arch.spec.resolved_json(), **extra))
+
+
+def grow(
+    teacher: nn.Module | Mapping[str, torch.Tensor],
+    teacher_spec: Spec | Arch | str | Path,
+    student_spec: Spec | Arch | str | Path,
+    **kwargs: Any,
+) -> GrowResult:
+    """Grow `teacher` (a module or state_dict) into the student in-process, verified in
+    eval and train mode; with `optimizer=`, the result carries the continued optimizer.
+    See `morphspec.growing.grow` for every option."""
+    from morphspec.growing import grow as grow_in_process
+
+    return grow_in_process(teacher, teacher_spec, student_spec, **kwargs)

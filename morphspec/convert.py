@@ -35,7 +35,7 @@ from morphspec.checkpoint.output import (
 )  # fmt: skip
 from morphspec.checkpoint.sharding import parse_size, write_sharded
 from morphspec.errors import Mark, NotPreservingError
-from morphspec.grow import prepare
+from morphspec.growing import prepare
 from morphspec.growth.apply import student_entries
 from morphspec.growth.families import Family
 from morphspec.growth.options import GrowOptions

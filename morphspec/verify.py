@@ -129,7 +129,8 @@ def verify_modes(
     """Compare the two checkpoints' models on the same seeded inputs in each of `modes`,
     streaming each layer's tensors from its checkpoint only while it runs
     (`checkpoint.stream`), so memory stays near the largest layer plus activations rather
-    than two whole models. A teacher that is not finite is refused first."""
+    than two whole models. A teacher that is not finite is refused first; a float64
+    teacher is compared in float64."""
     from morphspec.checkpoint import check_finite, check_keys
     from morphspec.checkpoint.stream import streamed_model
     from morphspec.interop.folder import open_checkpoint
@@ -141,12 +142,18 @@ def verify_modes(
         check_keys(t_reader, teacher.state_shapes(), teacher.spec.path)
         check_keys(s_reader, student.state_shapes(), student.spec.path)
         check_finite(t_reader)
+        # A float64 teacher is checked in float64 (its exactness is what is promised);
+        # lower precisions in float32, which their round-off already dominates.
+        wide = any(t_reader.dtype(k) == torch.float64 for k in t_reader)
+        dtype = torch.float64 if wide else None
         inputs = sample_inputs(teacher, samples, seed)
+        if wide and inputs.is_floating_point():
+            inputs = inputs.double()
         results = []
         for mode in modes:
             with (
-                streamed_model(teacher, t_reader) as t_model,
-                streamed_model(student, s_reader) as s_model,
+                streamed_model(teacher, t_reader, dtype) as t_model,
+                streamed_model(student, s_reader, dtype) as s_model,
             ):
                 results.append(compare(t_model, s_model, inputs, rtol, seed, mode))
         return results

@@ -15,7 +15,7 @@ from torch import nn
 import morphspec
 from morphspec.convert import convert
 from morphspec.errors import MorphError, PlanRefused
-from morphspec.grow import GrowResult, grow
+from morphspec.growing import GrowResult, grow
 from morphspec.verify import compare, sample_inputs
 
 SPECS = Path(__file__).resolve().parents[1] / "examples" / "specs"
@@ -278,12 +278,6 @@ def test_mapped_state_makes_the_first_step_the_teachers(
         for name, p in teacher.named_parameters():
             q = student.get_parameter(name)[tuple(slice(0, n) for n in p.shape)]
             assert float((q - p).abs().max()) <= 1e-12, name
-    # New entries started from zero state: the fresh rows of fc1 have exp_avg 0 before
-    # the step, so after it their moment is the step's gradient share alone.
-    w = student.get_parameter("fc1.weight")
-    state = s_opt.state[w]
-    key = "exp_avg" if optimizer == "adam" else "momentum_buffer"
-    assert state[key].shape == w.shape
 
 
 def test_net2net_moments_are_divided_like_the_columns(tmp_path: Path) -> None:
@@ -396,3 +390,47 @@ def test_a_non_finite_teacher_is_named(tmp_path: Path) -> None:
         teacher.get_parameter("fc2.weight")[0, 0] = float("nan")
     with pytest.raises(MorphError, match=r"not finite: tensor 'fc2\.weight'"):
         grow(teacher, spec, spec, student_set=["width=9"])
+
+
+def test_convert_checks_a_float64_teacher_in_float64(tmp_path: Path) -> None:
+    """convert's own check must not hide eps-sized slips behind float32 round-off."""
+    spec = _spec(tmp_path, RESNET)
+    ckpt = morphspec.save(_teacher(spec, ["blocks=1"]), tmp_path / "t64.safetensors", spec,
+                          set=["blocks=1"])  # fmt: skip
+    result = convert(spec, spec, ckpt, tmp_path / "s.safetensors", teacher_set=["blocks=1"],
+                     student_set=["blocks=2", "width=6"], rtol=TOL)  # fmt: skip
+    assert result.verification is not None and result.verification.rel_err <= TOL
+
+
+def test_new_entries_start_with_a_calm_adam_state(tmp_path: Path) -> None:
+    """Zero first moment; second moment = the mean of the tensor's teacher entries (a zero
+    one, with the teacher's step count, would make their first update ~3.2 lr)."""
+    spec = write_spec(tmp_path / "mlp.yaml", MLP_BN)
+    teacher, opt, x = _trained(spec, "adam")
+    result = grow(teacher, spec, spec, student_set=["width=11"], optimizer=opt)
+    assert result.optimizer is not None
+    w_t, w_s = teacher.get_parameter("fc1.weight"), result.student.get_parameter("fc1.weight")
+    old, new = result.optimizer.state[w_s], opt.state[w_t]
+    assert torch.equal(old["exp_avg"][:6], new["exp_avg"])
+    assert torch.count_nonzero(old["exp_avg"][6:]) == 0
+    mean_v = float(new["exp_avg_sq"].mean())
+    assert torch.allclose(old["exp_avg_sq"][6:], torch.full_like(old["exp_avg_sq"][6:], mean_v))
+    before = w_s.detach().clone()
+    result.optimizer.zero_grad()
+    result.student(x).square().mean().backward()
+    result.optimizer.step()
+    lr = opt.param_groups[0]["lr"]
+    assert float((w_s.detach() - before)[6:].abs().max()) < lr
+
+
+def test_morphspec_grow_is_the_function_and_import_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, morphspec; assert 'torch' not in sys.modules;"
+        " import morphspec.growing, morphspec.convert;"
+        " assert callable(morphspec.grow) and morphspec.grow.__module__ == 'morphspec.api'"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

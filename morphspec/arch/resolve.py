@@ -10,9 +10,11 @@ from pydantic import BaseModel
 
 from morphspec.arch import leaves
 from morphspec.arch.nodes import Arch, Node, TensorShape
+from morphspec.arch.shortcut import default_shortcut
+from morphspec.arch.values import Values
 from morphspec.errors import Mark, SpecError, closest
 from morphspec.spec import models as m
-from morphspec.spec.expr import ExprError, Number, check_number, evaluate, names_in
+from morphspec.spec.expr import Number
 from morphspec.spec.limits import MAX_LAYERS, limit, over
 from morphspec.spec.yamlpos import Loc
 
@@ -82,64 +84,12 @@ def _input_shape(spec: m.Spec, ctx: _Resolver) -> TensorShape:
     return TensorShape(dims, layouts[len(dims)])  # type: ignore[arg-type]
 
 
-class _Resolver:
+class _Resolver(Values):
     def __init__(self, spec: m.Spec):
-        self.spec = spec
+        super().__init__(spec)
         self.stack: list[str] = []
         self.made = 0  # layers resolved so far, held to MAX_LAYERS
         self.ties: list[tuple[Node, Mark]] = []
-
-    def mark(self, loc: Loc, key: bool = False) -> Mark:
-        return self.spec.mark(loc, key)
-
-    # -- numbers ---------------------------------------------------------------------
-    def blame(self, value: Any, loc: Loc, env: Mapping[str, Number]) -> tuple[Mark, str]:
-        """Where to point for a bad value: at the expression, or, when a var it uses was set
-        in another file (a student that `extends` its teacher), at that var's line."""
-        here = self.mark(loc)
-        if not isinstance(value, str):
-            return here, ""
-        for name in names_in(value):
-            if name not in self.spec.vars or name in self.spec.overridden:
-                continue
-            if env.get(name) != self.spec.vars[name]:
-                continue
-            set_at = self.mark(("vars", name))
-            if set_at.file != here.file:
-                return set_at, f" (var '{name}' is set here; the expression is at {here})"
-        return here, ""
-
-    def fail(self, message: str, value: Any, loc: Loc, env: Mapping[str, Number]) -> SpecError:
-        mark, note = self.blame(value, loc, env)
-        return SpecError(message + note, mark)
-
-    def number(self, value: Any, loc: Loc, env: Mapping[str, Number]) -> Number:
-        if isinstance(value, bool):
-            raise SpecError(f"expected a number, got {value}", self.mark(loc))
-        try:
-            if isinstance(value, int | float):
-                return check_number(value)
-            return evaluate(str(value), env)
-        except ExprError as exc:
-            raise self.fail(f"in '{value}': {exc}", value, loc, env) from None
-
-    def count(self, value: Any, loc: Loc, env: Mapping[str, Number], what: str) -> int:
-        """A positive integer, such as a channel count; show the expression and its value."""
-        got = self.number(value, loc, env)
-        if float(got).is_integer() and got >= 1:
-            return int(got)
-        shown = f"'{value}' = {got}" if isinstance(value, str) else str(got)
-        fix = "wrap it in floor() or round()" if got >= 1 else "check the vars it uses"
-        raise self.fail(f"{what} must be a positive integer, but {shown}; {fix}", value, loc, env)
-
-    def natural(self, value: Any, loc: Loc, env: Mapping[str, Number], what: str) -> int:
-        got = self.number(value, loc, env)
-        if float(got).is_integer() and got >= 0:
-            return int(got)
-        raise self.fail(f"{what} must be a non-negative integer, got {got}", value, loc, env)
-
-    def real(self, value: Any, loc: Loc, env: Mapping[str, Number]) -> float:
-        return float(self.number(value, loc, env))
 
     # -- lists and layers --------------------------------------------------------------
     def layers(
@@ -252,7 +202,7 @@ class _Resolver:
             if sc.body is not None:
                 kids = self.layers(sc.body, (*sloc, "body"), env, shape, spath)
             else:
-                kids = self.default_shortcut(shape, out, sloc, spath)
+                kids = default_shortcut(shape, out, self.mark(sloc), spath)
             s_out = kids[-1].out if kids else shape
             if s_out != out:
                 raise SpecError(
@@ -308,50 +258,6 @@ class _Resolver:
                     self.mark(here),
                 )
             seen[name] = here
-
-    def default_shortcut(
-        self, inp: TensorShape, out: TensorShape, loc: Loc, path: str
-    ) -> list[Node]:
-        """A 1x1 conv without bias (stride to match) then batchnorm; linear for flat tensors."""
-        mark = self.mark(loc)
-        if inp.layout == "image" and out.layout == "image":
-            strides = [
-                st for st in range(1, inp.dims[1] + 1)
-                if ((inp.dims[1] - 1) // st + 1, (inp.dims[2] - 1) // st + 1) == out.dims[1:]
-            ]  # fmt: skip
-            if not strides:
-                raise SpecError(
-                    f"residual '{path}': no strided 1x1 conv maps {inp} to {out};"
-                    " give the shortcut a body",
-                    mark,
-                )
-            stride = strides[0]
-            conv = leaves.make(
-                "conv", "0", f"{path}.0",
-                {"out": out.channels, "kernel": 1, "stride": stride, "padding": 0,
-                 "dilation": 1, "bias": False},
-                inp, mark,
-            )  # fmt: skip
-            bn = leaves.make(
-                "batchnorm", "1", f"{path}.1", {"eps": 1e-5, "momentum": 0.1}, conv.out, mark
-            )
-            if conv.out != out:
-                raise SpecError(
-                    f"residual '{path}': the default shortcut gives {conv.out}, not {out}", mark
-                )
-            return [conv, bn]
-        if (
-            inp.layout == out.layout
-            and inp.layout in ("vector", "sequence")
-            and inp.dims[:-1] == out.dims[:-1]
-        ):
-            lin = leaves.make(
-                "linear", "0", f"{path}.0", {"out": out.channels, "bias": False}, inp, mark
-            )
-            return [lin]
-        raise SpecError(
-            f"residual '{path}': no default shortcut maps {inp} to {out}; give it a body", mark
-        )
 
     def repeat(
         self,

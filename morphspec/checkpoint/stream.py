@@ -27,13 +27,18 @@ __all__ = ["streamed_model"]
 
 
 @contextlib.contextmanager
-def streamed_model(arch: Arch, reader: CheckpointReader) -> Iterator[nn.Module]:
+def streamed_model(
+    arch: Arch, reader: CheckpointReader, dtype: torch.dtype | None = None
+) -> Iterator[nn.Module]:
     """The model of `arch` in eval mode, each layer's tensors read from `reader` only while
-    that layer runs. Keys and shapes must have been checked (`check_keys`) beforehand."""
+    that layer runs, in `dtype` (float32 when None). Keys and shapes must have been checked
+    (`check_keys`) beforehand."""
     from morphspec.builder import build_arch
 
     with torch.device("meta"):
         model = build_arch(arch)
+        if dtype is not None:
+            model.to(dtype)
     model.eval()
     # A tied head reads its embedding's weight after the embedding ran: keep those resident.
     tied = {n.args["tie"] for n in arch.nodes() if n.kind == "linear" and n.args.get("tie")}

@@ -12,8 +12,14 @@ same map without the constants:
 
 so a copy of a teacher entry inherits its moments, a negated copy the negated first
 moment, Net2Net's columns divided by n get exp_avg/n and exp_avg_sq/n² (Adam's update
-m/√v is then the teacher's, and each of the n copies moves as the teacher's column did),
-and entries with no teacher (c_i = 0) start from zero state. `step` is the teacher's.
+m/√v is then the teacher's, and each of the n copies moves as the teacher's column did).
+Entries with no teacher entry (c_i = 0) start with a zero first moment. Their second
+moment cannot start at zero: torch keeps one `step` per tensor (the teacher's), so Adam's
+bias correction is already ~1 and a zero v would make their first update
+(1−β1)/√(1−β2) ≈ 3.2 times the learning rate, a jolt to every free parameter at once. They
+get the mean second moment of the tensor's teacher entries instead, so their first update
+is ~(1−β1)·|g|/√v̄, at most the size of a teacher entry's. A parameter with no teacher
+counterpart (a new block) has no state at all and starts as torch starts it (step 0).
 
 The map is read off the family itself, with its free parameters set to zero (init scale
 0, no noise): b = T(0), c = T(1) − b, and π from T(1 + index) − b; a fourth probe with
@@ -47,10 +53,11 @@ class MomentMap:
     index: torch.Tensor
     shape: tuple[int, ...]
 
-    def apply(self, moment: torch.Tensor, power: int) -> torch.Tensor:
+    def apply(self, moment: torch.Tensor, power: int, fill: float = 0.0) -> torch.Tensor:
+        """The moment of the student tensor; entries with no teacher entry get `fill`."""
         src = moment.detach().reshape(-1).to(torch.float64)
         c = self.coeff if power == 1 else self.coeff**power
-        out = torch.where(self.coeff != 0, c * src[self.index], torch.zeros_like(c))
+        out = torch.where(self.coeff != 0, c * src[self.index], torch.full_like(c, fill))
         return out.reshape(self.shape).to(moment.dtype)
 
 
@@ -141,9 +148,12 @@ def map_optimizer(
         entry: dict[str, Any] = {}
         for k, v in old.items():
             if isinstance(v, torch.Tensor) and tuple(v.shape) == tshape and v.dim() > 0:
-                entry[k] = (
-                    v.clone() if mmap is None else mmap.apply(v, 2 if k in SECOND_MOMENTS else 1)
-                )
+                if mmap is None:
+                    entry[k] = v.clone()
+                elif k in SECOND_MOMENTS:
+                    entry[k] = mmap.apply(v, 2, fill=float(v.double().mean()))
+                else:
+                    entry[k] = mmap.apply(v, 1)
             else:
                 entry[k] = v.clone() if isinstance(v, torch.Tensor) else v
         state[i] = entry

@@ -194,3 +194,16 @@ def test_late_metadata_must_keep_the_header_length(tmp_path: Path) -> None:
             tmp_path / "y.safetensors", entries, {"k": "0"}, late=lambda: {"k": "0" * 20}
         )
     assert _files(tmp_path) == ["x.safetensors"]
+
+
+def test_producers_run_without_grad(tmp_path: Path) -> None:
+    """Producers run on the writer's worker thread, where grad mode would be on by default."""
+    w = torch.nn.Parameter(torch.ones(3))
+
+    def produce() -> torch.Tensor:
+        assert not torch.is_grad_enabled()
+        return w * 2
+
+    write_safetensors(tmp_path / "x.safetensors", [TensorEntry("w", (3,), torch.float32, produce)])
+    with CheckpointReader(tmp_path / "x.safetensors") as r:
+        assert torch.equal(r.get("w"), torch.full((3,), 2.0))

@@ -234,7 +234,10 @@ def produced(
 
 
 def _bytes_of(entry: TensorEntry) -> tuple[memoryview, torch.Tensor]:
-    tensor = entry.produce()
+    """Runs on the worker thread, where grad mode (thread-local) is on by default: producers
+    that compute from parameters must not record graphs there."""
+    with torch.no_grad():
+        tensor = entry.produce()
     return _raw_bytes(entry, tensor)
 
 

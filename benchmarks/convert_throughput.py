@@ -186,7 +186,12 @@ def main() -> None:
     parser.add_argument("--size-gb", type=float, default=1.0, help="teacher size (default 1)")
     parser.add_argument("--workdir", type=Path, help="default: a new temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of convert and cp; best kept")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="interleaved runs of convert and cp; medians kept"
+    )
+    parser.add_argument(
+        "--verify-repeat", type=int, default=1, help="runs of convert with its check (0: none)"
+    )
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="morph-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -200,15 +205,19 @@ def main() -> None:
         t_torch = statistics.median(timed([*py, "import morphspec.convert"]) for _ in range(3))
         cmd = [str(morph), "convert", str(teacher_spec), str(student_spec), str(ckpt)]
         cmd += ["-o", str(out), "--force"]
-        load = os.getloadavg()[0]
+        load = os.getloadavg()
         base = run_convert([*cmd, "--dry-run"])
-        runs = [run_convert([*cmd, "--no-verify"]) for _ in range(max(1, args.repeat))]
-        best = min(runs, key=lambda r: r.wall)
-        peak_anon = max(r.peak["RssAnon"] for r in runs)
-        os.sync()
-        t_cp_new = timed(["cp", str(out), str(copy)])  # a fresh file, as convert writes
-        t_cp = min(timed(["cp", str(out), str(copy)]) for _ in range(max(1, args.repeat)))
+        runs, cps = [], []
+        t_cp_new = 0.0
+        for i in range(max(1, args.repeat)):  # interleaved, so both see the same load
+            runs.append(run_convert([*cmd, "--no-verify"]))
+            os.sync()
+            if i == 0:
+                t_cp_new = timed(["cp", str(out), str(copy)])  # a fresh file, as convert writes
+            cps.append(timed(["cp", str(out), str(copy)]))
         copy.unlink()
+        checked = [run_convert(cmd) for _ in range(args.verify_repeat)]
+        load_end = os.getloadavg()
         with CheckpointReader(out) as reader:
             largest = max(reader.nbytes(k) for k in reader)
             biggest_key = max(reader, key=reader.nbytes)
@@ -217,14 +226,23 @@ def main() -> None:
         if not args.keep and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
 
+    best = Run(
+        statistics.median(r.wall for r in runs), statistics.median(r.cpu for r in runs),
+        max(r.maxrss for r in runs), int(statistics.median(r.faults for r in runs)),
+        {k: max(r.peak[k] for r in runs) for k in runs[0].peak}, min(r.samples for r in runs),
+    )  # fmt: skip
+    peak_anon = best.peak["RssAnon"]
+    t_cp = statistics.median(cps)
     time_x = (best.wall - t_import) / t_cp
     heap_budget = 2 * largest + HEAP_SLACK
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}, python"
           f" {platform.python_version()}, torch {torch.__version__}; load average"
-          f" {load:.2f} at start, {os.getloadavg()[0]:.2f} at end")  # fmt: skip
+          f" {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min) at start,"
+          f" {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} at end")  # fmt: skip
     print(f"teacher {size_t / MB:,.0f} MB -> student {size_s / MB:,.0f} MB; largest student"
           f" tensor {biggest_key} {largest / MB:,.0f} MB")  # fmt: skip
-    runs_label = f"best of {len(runs)}" if len(runs) > 1 else "1 run"
+    runs_label = f"median of {len(runs)}" if len(runs) > 1 else "1 run"
+    walls = ", ".join(f"{r.wall:.2f}" for r in runs)
     rows = [
         ("import morphspec (median of 5)", f"{t_import:.2f} s"),
         ("import morphspec.convert (torch; median of 3)", f"{t_torch:.2f} s"),
@@ -232,13 +250,21 @@ def main() -> None:
         ("  its CPU time (user + system)", f"{best.cpu:.2f} s"),
         ("  its minor page faults", f"{best.faults:,}"),
         ("  throughput (student bytes / wall)", f"{size_s / MB / best.wall:.0f} MB/s"),
-        ("cp of the student file (2nd run, overwrite)", f"{t_cp:.2f} s"),
+        ("  all runs", f"{walls}"),
+        (f"cp of the student file (overwrite; {runs_label})", f"{t_cp:.2f} s"),
+        ("  all runs", ", ".join(f"{c:.2f}" for c in cps)),
         ("cp of the student file (1st run, new file)", f"{t_cp_new:.2f} s"),
         ("peak RSS (wait4 ru_maxrss)", f"{best.maxrss / MB:,.0f} MB"),
         (f"peak RssAnon (heap; {best.samples} samples)", f"{peak_anon / MB:,.0f} MB"),
         ("peak RssFile (mapped file pages)", f"{best.peak['RssFile'] / MB:,.0f} MB"),
         ("peak RssAnon of --dry-run (imports, plan)", f"{base.peak['RssAnon'] / MB:,.0f} MB"),
     ]
+    for r in checked:
+        rows += [
+            ("morph convert with its check (verification)", f"{r.wall:.2f} s"),
+            ("  its CPU time; peak RssAnon", f"{r.cpu:.1f} s; {r.peak['RssAnon'] / MB:,.0f} MB"),
+            ("  verification cost on top of --no-verify", f"{r.wall / best.wall - 1:+.0%}"),
+        ]
     for name, value in rows:
         print(f"  {name:<46}{value:>12}")
     heap_x = peak_anon / heap_budget
@@ -247,6 +273,10 @@ def main() -> None:
           f" {ok[time_x <= GOAL_TIME]}  (against the 1st cp:"
           f" {(best.wall - t_import) / t_cp_new:.2f}x; minus the torch import"
           f" too: {(best.wall - t_torch) / t_cp:.2f}x)")  # fmt: skip
+    if checked:
+        with_check = statistics.median(r.wall for r in checked)
+        print(f"time with verification: (convert - import) / cp = "
+              f"{(with_check - t_import) / t_cp:.2f}x")  # fmt: skip
     print(f"heap: peak RssAnon / (2 x largest + 300 MB) = {peak_anon / MB:,.0f} /"
           f" {heap_budget / MB:,.0f} MB = {heap_x:.2f}, goal <= 1: {ok[heap_x <= 1]}")  # fmt: skip
     if args.keep or args.workdir is not None:

@@ -4,20 +4,36 @@ Everything that can be checked from specs and headers is checked before the firs
 moves: both specs, the plan and the family's conditions, the teacher's keys and shapes,
 the output path. The student is written to a hidden file beside the output, verified from
 there, and renamed into place only when it passed; nothing of the user's is removed or
-overwritten on failure, and the teacher is never written.
+overwritten on failure, and the teacher is never written. With `max_shard_size` the output
+is a folder of HF-style shards, staged, verified and committed the same way.
+
+The teacher's sha256 (which the header records) is computed on a thread while the tensors
+are written, and written into the header last (checkpoint/writer.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from morphspec.arch import Arch
 from morphspec.checkpoint import CheckpointReader, check_finite, make_metadata, write_safetensors
-from morphspec.checkpoint.output import check_target, commit, staging_file
+from morphspec.checkpoint.output import (
+    check_folder_target,
+    check_target,
+    commit,
+    commit_folder,
+    staging_file,
+    staging_folder,
+)  # fmt: skip
+from morphspec.checkpoint.sharding import parse_size, write_sharded
 from morphspec.errors import Mark, NotPreservingError
 from morphspec.growing import prepare
 from morphspec.growth.apply import student_entries
@@ -66,11 +82,39 @@ def default_output(student_spec: str | Path, student: Arch) -> Path:
     return Path(student_spec).parent / f"{stem}.safetensors"
 
 
-def _check_output(out: Path, reader: CheckpointReader, force: bool, *archs: Arch) -> None:
-    """The output must be a regular file (or nothing), and none of the files this run reads."""
+def _check_output(
+    out: Path, reader: CheckpointReader, force: bool, sharded: bool, *archs: Arch
+) -> None:
+    """The output must be a regular file (a folder of shards when sharded) or nothing, and
+    none of the files this run reads."""
     inputs: list[tuple[str | Path, str]] = [(p, "the teacher checkpoint") for p in reader.paths]
     inputs += [(f, f"the spec file {f}") for arch in archs for f in arch.spec.files]
-    check_target(out, force=force, inputs=inputs)
+    (check_folder_target if sharded else check_target)(out, force=force, inputs=inputs)
+
+
+_PLACEHOLDER = "0" * 64  # a sha256 hex digest's length: the header keeps its size
+
+
+@contextmanager
+def _hashing(reader: CheckpointReader) -> Iterator[Future[str]]:
+    """The teacher's sha256 as `reader.sha256` computes it (its files in order), on a thread:
+    hashlib and reads release the GIL. An error or interrupt stops it at the next MiB, so
+    Ctrl-C does not wait for a large teacher to be hashed."""
+    stop = threading.Event()
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        for path in reader.paths:
+            with open(path, "rb") as f:
+                while not stop.is_set() and (chunk := f.read(1 << 20)):
+                    h.update(chunk)
+        return h.hexdigest()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="morph-sha256") as pool:
+        try:
+            yield pool.submit(digest)
+        finally:
+            stop.set()
 
 
 def convert(
@@ -86,27 +130,31 @@ def convert(
     teacher_set: SetArg = None,
     student_set: SetArg = None,
     progress: Callable[[int, int], None] | None = None,
+    max_shard_size: int | str | None = None,
     **option_values: Any,
 ) -> ConvertResult:
     """Grow `checkpoint` (of `teacher_spec`) into the student; see the module docstring.
 
     The growth options (`family`, `seed`, `rtol`, ... see `GrowOptions`) come as `options`
-    or as keywords of the same names, which override it."""
+    or as keywords of the same names, which override it. `max_shard_size` (bytes, or text
+    such as `2GB`) writes a folder of shards at `output` instead of one file."""
     opts = replace(options or GrowOptions(), **option_values)
     family, seed, rtol, samples = opts.family, opts.seed, opts.rtol, opts.samples
     init, init_scale, noise, rescale = opts.init, opts.init_scale, opts.noise, opts.rescale
     teacher, student, plan = plan_for(teacher_spec, student_spec, teacher_set, student_set)
+    limit = parse_size(max_shard_size) if max_shard_size is not None else None
     out = Path(output) if output is not None else default_output(student_spec, student)
+    if limit is not None and output is None:
+        out = out.with_suffix("")
     with open_checkpoint(checkpoint, teacher) as reader:
         grower = prepare(plan, reader, opts, str(teacher_spec))
-        _check_output(out, reader, force, teacher, student)
+        _check_output(out, reader, force, limit is not None, teacher, student)
         if dry_run:
             return ConvertResult(plan, out, False, None, None, grower)
         check_finite(reader)
-        sha = reader.sha256()
         metadata = make_metadata(
             student.spec.resolved_json(),
-            teacher_sha256=sha,
+            teacher_sha256=_PLACEHOLDER,
             family=family,
             rescale=rescale,
             seed=str(seed),
@@ -118,8 +166,17 @@ def convert(
         entries = student_entries(plan, grower, reader)
         total = sum(e.nbytes for e in entries)
         report = (lambda done: progress(done, total)) if progress else None
-        with staging_file(out) as staging:
-            write_safetensors(staging, entries, metadata, progress=report)
+        staged = staging_file(out) if limit is None else staging_folder(out)
+        with _hashing(reader) as sha_future, staged as staging:
+
+            def late() -> Mapping[str, str]:
+                return {**metadata, "morphspec.teacher_sha256": sha_future.result()}
+
+            if limit is None:
+                write_safetensors(staging, entries, metadata, progress=report, late=late)
+            else:
+                write_sharded(staging, entries, metadata, limit, progress=report, late=late)
+            sha = sha_future.result()
             result = None
             if verify:
                 result = verify_checkpoints(
@@ -132,5 +189,5 @@ def convert(
                         " no output written",
                         Mark(str(student_spec)),
                     )
-            commit(staging, out)
+            (commit if limit is None else commit_folder)(staging, out)
     return ConvertResult(plan, out, True, result, sha, grower)

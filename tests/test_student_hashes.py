@@ -1,5 +1,6 @@
-"""The bytes `morph convert` writes for example pairs match the hashes recorded before the
-issue-7 refactor (benchmarks/student_hashes.baseline.json): a refactor of the growth code
+"""The bytes `morph convert` writes for example pairs match the recorded hashes
+(benchmarks/student_hashes.baseline.json, recorded before the issue-7 refactor and again
+when issue 13 drew free parameters in the storage dtype): a refactor of the growth code
 must not change what a seed produces. The teachers come from torch's default init, so the
 recorded hashes hold for the torch version that recorded them; tests/test_draws.py pins a
 teacher made without torch's RNG."""

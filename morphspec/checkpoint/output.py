@@ -9,15 +9,21 @@ Rules, each from a case that once went wrong:
 - SIGTERM and SIGHUP unwind like Ctrl-C while a file is being written, so the staging
   file is removed (a killed run used to leave tens of MB of hidden files behind);
 - the result gets the permissions `cp` would give a new file: 0666 minus the umask
-  (`mkstemp` creates 0600).
+  (`mkstemp` creates 0600);
+- a sharded output is a folder: only a folder that holds nothing but shards and an index
+  (what morph writes) may be replaced, and the new folder takes its place whole (an atomic
+  exchange where Linux offers one), so it appears complete or not at all.
 No torch here: `morph schema -o` uses it too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
+import re
+import shutil
 import signal
 import stat
 import tempfile
@@ -30,11 +36,14 @@ from morphspec.errors import CheckpointError, Mark, MorphError
 
 __all__ = [
     "Terminated",
+    "check_folder_target",
     "check_target",
     "commit",
+    "commit_folder",
     "default_mode",
     "disk_error",
     "staging_file",
+    "staging_folder",
     "terminate_as_interrupt",
     "write_text_atomic",
 ]
@@ -72,18 +81,23 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 
 def default_mode() -> int:
-    """0666 & ~umask: what `open(..., 'w')` or `cp` gives a new file. The umask is read from
-    /proc where it can be (setting it to read it back races with other threads)."""
+    """0666 & ~umask: what `open(..., 'w')` or `cp` gives a new file."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The umask, read from /proc where it can be (setting it to read it back races with
+    other threads)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
+                    return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
 def _is_special(path: Path) -> bool:
@@ -168,6 +182,122 @@ def commit(staged: Path, output: Path) -> None:
         )
     os.chmod(staged, default_mode())
     os.replace(staged, output)
+
+
+_OURS = re.compile(r"model-\d{5}-of-\d{5}\.safetensors|model\.safetensors\.index\.json")
+
+
+def _foreign(folder: Path) -> list[str]:
+    """What in `folder` morph did not write (anything but shards and their index)."""
+    return sorted(p.name for p in folder.iterdir() if not (_OURS.fullmatch(p.name) and p.is_file()))
+
+
+def check_folder_target(
+    output: str | os.PathLike[str],
+    *,
+    force: bool,
+    inputs: Iterable[tuple[str | os.PathLike[str], str]] = (),
+) -> Path:
+    """Refuse a sharded output folder that is a file, holds or is one of `inputs`, holds
+    files morph did not write, sits in a missing folder, or exists (non-empty) without
+    `force`. Returns it as a Path."""
+    out = Path(output)
+    where = Mark(str(out))
+    if out.exists() and not out.is_dir():
+        raise MorphError(
+            f"the output {out} is a file, and --max-shard-size writes a folder of shards:"
+            " choose a folder name for -o",
+            where,
+        )
+    for path, what in inputs:
+        p = Path(path)
+        if _same(p, out) or p.resolve().is_relative_to(out.resolve()):
+            raise MorphError(
+                f"the output folder {out} holds {what}, which this command reads; morph never"
+                " writes over its inputs: choose another -o",
+                where,
+            )
+    if not out.parent.is_dir():
+        raise MorphError(f"the output folder {out.parent} does not exist; create it first", where)
+    if out.is_dir() and (foreign := _foreign(out)):
+        raise MorphError(
+            f"the output folder {out} holds files morph did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); only a folder of shards can be replaced:"
+            " choose another -o",
+            where,
+        )
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise MorphError(
+            "the output folder exists; pass --force to replace it (it is replaced only once"
+            " the new shards are complete)",
+            where,
+        )
+    return out
+
+
+@contextlib.contextmanager
+def staging_folder(output: Path) -> Iterator[Path]:
+    """A new, empty folder beside `output` that no other run can have; removed with its
+    contents on exit unless `commit_folder` moved it (Ctrl-C, SIGTERM, SIGHUP included)."""
+    with terminate_as_interrupt():
+        path = Path(
+            tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=STAGING_SUFFIX)
+        )
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def commit_folder(staged: Path, output: Path) -> None:
+    """Put this run's verified `staged` folder at `output`. A missing (or empty) output is
+    a rename; an existing folder of shards is exchanged with the staged one in one step
+    (renameat2 RENAME_EXCHANGE), and the old shards, now at `staged`, are removed by the
+    caller's `staging_folder`. Where no exchange exists the old folder is moved aside first."""
+    if output.exists() and not output.is_dir():
+        raise MorphError(
+            f"the output {output} is no longer a folder; nothing written", Mark(str(output))
+        )
+    os.chmod(staged, 0o777 & ~_umask())  # what mkdir gives (mkdtemp makes 0700)
+    for shard in staged.iterdir():
+        os.chmod(shard, default_mode())
+    if not output.exists():
+        os.rename(staged, output)
+        return
+    if foreign := _foreign(output):
+        raise MorphError(
+            f"the output folder {output} now holds files morph did not write ({foreign[0]});"
+            " nothing written",
+            Mark(str(output)),
+        )
+    if _exchange(staged, output):
+        return
+    aside = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".old"))
+    os.rename(output, aside / "old")
+    try:
+        os.rename(staged, output)
+    except OSError:
+        os.rename(aside / "old", output)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def disk_error(err: OSError, target: Path) -> MorphError | None:

@@ -6,6 +6,11 @@ The header is computed from the planned shapes, then each tensor is produced, wr
 dropped, so peak memory stays near the largest tensor. Data goes to a hidden temp file in
 the target directory and is renamed into place only once complete and fsynced: an
 interrupted run never leaves a half-written checkpoint, and never clobbers an old one.
+
+Producing a tensor (draws, copies) and writing it (a kernel copy into the page cache) each
+take about half the time, so one worker thread produces the next tensor while this one
+writes the last: two tensors are in memory at most. Metadata known only at the end (the
+teacher's hash, computed meanwhile) is written over a same-length placeholder header.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -29,7 +35,22 @@ from morphspec.checkpoint.output import default_mode, disk_error, terminate_as_i
 from morphspec.checkpoint.reader import SAFETENSORS_DTYPES, CheckpointReader
 from morphspec.errors import CheckpointError, Mark
 
-__all__ = ["TensorEntry", "load_state_dict", "save_state_dict", "write_safetensors"]
+__all__ = [
+    "LateMetadata",
+    "TensorEntry",
+    "check_entries",
+    "header_bytes",
+    "load_state_dict",
+    "produced",
+    "rewrite_header",
+    "save_state_dict",
+    "write_file",
+    "write_safetensors",
+]
+
+LateMetadata = Callable[[], Mapping[str, str]]
+"""Metadata computed while the tensors are written; it must encode to the same length as
+the metadata given up front (a placeholder of the same size)."""
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
@@ -48,7 +69,7 @@ class TensorEntry:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def _header_bytes(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | None) -> bytes:
+def header_bytes(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | None) -> bytes:
     """The length prefix and JSON header, padded with spaces to a multiple of 8."""
     header: dict[str, object] = {}
     if metadata:
@@ -71,7 +92,7 @@ def _header_bytes(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | 
     return len(raw).to_bytes(8, "little") + raw
 
 
-def _check_entries(entries: Sequence[TensorEntry]) -> list[TensorEntry]:
+def check_entries(entries: Sequence[TensorEntry]) -> list[TensorEntry]:
     """Entries sorted by key, so the same tensors always give the same bytes."""
     ordered = sorted(entries, key=lambda e: e.key)
     for prev, cur in itertools.pairwise(ordered):
@@ -112,17 +133,20 @@ def write_safetensors(
     entries: Sequence[TensorEntry],
     metadata: Mapping[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
+    late: LateMetadata | None = None,
 ) -> Path:
-    """Write `entries` to `path` atomically, one tensor in memory at a time.
+    """Write `entries` to `path` atomically, two tensors in memory at most.
 
     `progress`, if given, is called after each tensor with the total tensor bytes written
-    so far (the sum of `TensorEntry.nbytes` is the final value). Returns the path written.
+    so far (the sum of `TensorEntry.nbytes` is the final value). `late`, if given, is
+    called once the tensors are written; its metadata replaces `metadata` in the header
+    and must encode to the same length. Returns the path written.
     """
     if sys.byteorder != "little":  # pragma: no cover - every supported platform is LE
         raise RuntimeError("writing safetensors requires a little-endian host")
     target = Path(path)
-    ordered = _check_entries(entries)
-    header = _header_bytes(ordered, metadata)
+    ordered = check_entries(entries)
+    header = header_bytes(ordered, metadata)
     if not target.parent.is_dir():
         raise CheckpointError(
             f"output directory {target.parent} does not exist; create it first",
@@ -138,7 +162,11 @@ def write_safetensors(
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as f:
-                _write_all(f, header, ordered, progress)
+                write_file(f, header, ordered, progress)
+                if late is not None:
+                    rewrite_header(f, header, ordered, late())
+                f.flush()
+                os.fsync(f.fileno())
             os.chmod(tmp, default_mode())
             os.replace(tmp, target)
         except BaseException as err:
@@ -151,26 +179,66 @@ def write_safetensors(
     return target
 
 
-def _write_all(
+def write_file(
     f: BinaryIO,
     header: bytes,
     ordered: Sequence[TensorEntry],
     progress: Callable[[int], None] | None,
-) -> None:
-    """Header, then each tensor's bytes as it is produced; flushed and fsynced."""
+    done: int = 0,
+) -> int:
+    """Header, then each tensor's bytes as it is produced (not flushed); returns `done` plus
+    the tensor bytes written, which is what `progress` is called with after each tensor."""
     f.write(header)
-    written = 0
-    for entry in ordered:
-        tensor = entry.produce()
-        data, owner = _raw_bytes(entry, tensor)
-        del tensor
+    for data, owner in produced(ordered):
         f.write(data)
-        written += len(data)
+        done += len(data)
         del data, owner
         if progress is not None:
-            progress(written)
+            progress(done)
+    return done
+
+
+def rewrite_header(
+    f: BinaryIO, header: bytes, ordered: Sequence[TensorEntry], metadata: Mapping[str, str]
+) -> None:
+    """Write the final header over the placeholder one, which had the same length."""
+    final = header_bytes(ordered, metadata)
+    if len(final) != len(header):
+        raise ValueError("late metadata must encode to the same length as its placeholder")
     f.flush()
-    os.fsync(f.fileno())
+    os.pwrite(f.fileno(), final, 0)
+
+
+def produced(
+    ordered: Sequence[TensorEntry],
+) -> Generator[tuple[memoryview, torch.Tensor], None, None]:
+    """Each entry's bytes in order, the next one produced on a worker thread meanwhile.
+
+    torch's kernels and `write` release the GIL, so on two cores producing and writing
+    overlap. Each tensor has its own generator, so the bytes do not depend on which thread
+    made them. On an error or interrupt the worker finishes its tensor and stops.
+    """
+    if not ordered:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="morph-produce") as pool:
+        ahead: Future[tuple[memoryview, torch.Tensor]] = pool.submit(_bytes_of, ordered[0])
+        try:
+            for following in [*ordered[1:], None]:
+                current = ahead.result()
+                if following is not None:
+                    ahead = pool.submit(_bytes_of, following)
+                yield current
+                del current
+        finally:
+            ahead.cancel()
+
+
+def _bytes_of(entry: TensorEntry) -> tuple[memoryview, torch.Tensor]:
+    """Runs on the worker thread, where grad mode (thread-local) is on by default: producers
+    that compute from parameters must not record graphs there."""
+    with torch.no_grad():
+        tensor = entry.produce()
+    return _raw_bytes(entry, tensor)
 
 
 def _fsync_dir(directory: Path) -> None:

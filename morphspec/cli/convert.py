@@ -26,7 +26,8 @@ EXAMPLES = """\
   morph convert examples/specs/resnet_cifar10.yaml examples/specs/resnet_cifar18.yaml \\
       teacher.safetensors
   morph convert mlp.yaml mlp_wide.yaml mlp.safetensors -o wide.safetensors --seed 3 --json
-  morph convert t.yaml s.yaml t.safetensors --dry-run"""
+  morph convert t.yaml s.yaml t.safetensors --dry-run
+  morph convert t.yaml s.yaml t.safetensors -o student/ --max-shard-size 2GB"""
 
 CkptArg = Annotated[
     Path,
@@ -37,6 +38,15 @@ OutOpt = Annotated[
     typer.Option(
         "--output", "-o", metavar="OUT",
         help="Student checkpoint to write [default: <student name>.safetensors beside STUDENT].",
+        show_default=False,
+    ),
+]  # fmt: skip
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-shard-size", metavar="SIZE",
+        help="Write OUT as a folder of Hugging Face-style shards of at most SIZE each (such as"
+        " 500MB or 2GB) with model.safetensors.index.json [default: one file].",
         show_default=False,
     ),
 ]  # fmt: skip
@@ -53,6 +63,7 @@ def convert(
     student: StudentArg,
     checkpoint: CkptArg,
     output: OutOpt = None,
+    max_shard_size: ShardOpt = None,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
@@ -77,7 +88,7 @@ def convert(
 
         result = run(
             teacher, student, checkpoint, output, force=force,
-            dry_run=dry_run, verify=not no_verify, **options,
+            dry_run=dry_run, verify=not no_verify, max_shard_size=max_shard_size, **options,
             teacher_set=merge_sets(set_, teacher_set), student_set=merge_sets(set_, student_set),
             progress=progress,
         )  # fmt: skip

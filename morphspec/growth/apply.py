@@ -66,5 +66,8 @@ class _Source:
         if ref is not None and family.options.new_blocks == "copy":
             teacher = self.reader.get(ref, copy=False)  # a copy of the trained block (LLaMA-Pro)
         if ref is not None and ref not in self.ref_std:
-            self.ref_std[ref] = std_of(self.reader.get(ref, copy=False))
+            known = family.spreads.get(ref)  # the reference's own fill computed it already
+            self.ref_std[ref] = (
+                known if known is not None else std_of(self.reader.get(ref, copy=False))
+            )
         return family.tensor(key, teacher, self.ref_std.get(ref) if ref else None, dtype)

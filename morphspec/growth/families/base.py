@@ -10,8 +10,9 @@ One student tensor is made at a time (so conversion streams):
 3. the family's rule for each channel space the tensor touches: first the columns that read
    a widened space (for the rows that must keep their values), then the rows that write it.
 
-Random values are drawn in float64 and cast to the teacher's dtype. Everything else is
-copying, negating, zeroing or dividing, so no tensor needs a float64 copy of itself.
+Random values are drawn in the storage dtype (they are free; derived values such as
+rescale factors stay float64). Everything else is copying, negating, zeroing or dividing,
+so no tensor needs a float64 copy of itself. A tensor that starts at zero draws nothing.
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ class Family:
         self.options = options or GrowOptions()
         self.conditions: Conditions = FAMILY_CONDITIONS[self.name]
         self.shapes = plan.student.state_shapes()
+        self.spreads: dict[str, float] = {}
+        """std_of of teacher tensors as stored, by key, once filled: an appended block's
+        tensor asks for its reference's spread again (apply.py), a full pass over it."""
         facts = self.new_facts()
         problems = self.check(facts)
         self.facts = facts
@@ -462,11 +466,16 @@ class Family:
             neutral = _rule(self.plan.student.node(node_path)).neutral.get(local, 0.0)
             x = torch.full(shape, neutral, dtype=torch.float64).to(dtype)
         else:
-            existing = std_of(teacher) if teacher is not None else reference_std
+            existing = reference_std
+            if teacher is not None:
+                existing = std_of(teacher)
+                if not self.rescaler.touches(key) and node_path not in self.identity_layers:
+                    self.spreads[key] = existing
             std = tensor_std(existing, shape, self.options.init, self.options.init_scale)
             x = torch.empty(shape, dtype=dtype)
             gen, noise = generator(self.options.seed, key), generator(self.options.seed, key, "n")
-            for part in self._new_entries(x, key, teacher):
+            fresh = [] if key in self.facts.zero_keys else self._new_entries(x, key, teacher)
+            for part in fresh:
                 uniform_into(part, std, gen)
                 if self.options.noise:
                     add_normal(part, self.options.noise * std, noise)

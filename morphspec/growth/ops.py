@@ -1,0 +1,87 @@
+"""The typed operations a Plan lists: plain frozen data, printable and JSON-able."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from morphspec.growth.steps import AddSteps
+
+__all__ = [
+    "AddProjection", "AddSteps", "GrowKernel", "InsertBlocks", "InsertLayers",
+    "InterleaveBlocks", "Op", "WidenSpace",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WidenSpace:
+    """Widen one channel space from `old` to `new` channels: `pairs` (L, R) pairs, then
+    `odd` (0 or 1) unpaired channel."""
+
+    space: str
+    old: int
+    new: int
+    pairs: int
+    odd: int
+    edges: tuple[str, ...]
+    op: str = "widen"
+
+
+@dataclass(frozen=True)
+class InsertBlocks:
+    """Append copies `old_times ... new_times-1` to the repeat at `repeat`."""
+
+    repeat: str
+    old_times: int
+    new_times: int
+    blocks: tuple[str, ...]
+    op: str = "insert_blocks"
+
+
+@dataclass(frozen=True)
+class AddProjection:
+    """The student's residual has a projection shortcut where the teacher's was the identity."""
+
+    residual: str
+    shortcut: str
+    op: str = "add_projection"
+
+
+@dataclass(frozen=True)
+class GrowKernel:
+    """A conv's odd kernel grows from `old` to `new`, its padding by the same half-difference,
+    so the output keeps its size (NetMorph's kernel-size morph)."""
+
+    layer: str
+    old: int
+    new: int
+    op: str = "grow_kernel"
+
+
+@dataclass(frozen=True)
+class InsertLayers:
+    """New layers inserted between the teacher's in one list (consecutive, in order)."""
+
+    layers: tuple[str, ...]
+    op: str = "insert_layers"
+
+
+@dataclass(frozen=True)
+class InterleaveBlocks:
+    """New copies of the repeat at `repeat` placed between the old ones (`--interleave`):
+    each (from, to) moves a copy of the appended layout (old copies, then new) to its place;
+    an old copy's move says where that teacher block went."""
+
+    repeat: str
+    moves: tuple[tuple[str, str], ...]
+    op: str = "interleave_blocks"
+
+
+Op = (
+    WidenSpace
+    | InsertBlocks
+    | AddProjection
+    | GrowKernel
+    | InsertLayers
+    | InterleaveBlocks
+    | AddSteps
+)

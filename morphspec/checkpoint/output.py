@@ -205,8 +205,8 @@ def check_folder_target(
     also: Collection[str] = (),
 ) -> Path:
     """Refuse a sharded output folder that is a file, holds or is one of `inputs`, holds
-    files morph did not write, sits in a missing folder, or exists (non-empty) without
-    `force`. Returns it as a Path."""
+    files morph did not write (shards, the index, and the names in `also`: an HF folder's),
+    sits in a missing folder, or exists (non-empty) without `force`. Returns it as a Path."""
     out = Path(output)
     where = Mark(str(out))
     if out.exists() and not out.is_dir():

@@ -5,7 +5,10 @@ moves: both specs, the plan and the family's conditions, the teacher's keys and 
 the output path. The student is written to a hidden file beside the output, verified from
 there, and renamed into place only when it passed; nothing of the user's is removed or
 overwritten on failure, and the teacher is never written. With `max_shard_size` the output
-is a folder of HF-style shards, staged, verified and committed the same way.
+is a folder of HF-style shards, staged, verified and committed the same way. With `to_hf`
+it is a Hugging Face folder (interop/hf_output.py): the student streamed into HF-named
+files with config.json and the teacher folder's tokenizer files, staged, verified from the
+staging folder and committed the same way.
 
 The teacher's sha256 (which the header records) is computed on a thread while the tensors
 are written, and written into the header last (checkpoint/writer.py).
@@ -34,13 +37,15 @@ from morphspec.checkpoint.output import (
     staging_folder,
 )  # fmt: skip
 from morphspec.checkpoint.sharding import parse_size, write_sharded
-from morphspec.errors import Mark, NotPreservingError
+from morphspec.errors import Mark, MorphError, NotPreservingError
 from morphspec.growing import prepare
 from morphspec.growth.apply import student_entries
 from morphspec.growth.families import Family
 from morphspec.growth.options import GrowOptions
 from morphspec.growth.plan import Plan, plan_for
+from morphspec.interop.exporter import DEFAULT_SHARD_BYTES
 from morphspec.interop.folder import open_checkpoint
+from morphspec.interop.hf_output import HF_FILES, HFTarget, hf_target, write_hf_folder
 from morphspec.spec.load import SetArg
 from morphspec.verify import Verification, verify_checkpoints
 
@@ -83,13 +88,16 @@ def default_output(student_spec: str | Path, student: Arch) -> Path:
 
 
 def _check_output(
-    out: Path, reader: CheckpointReader, force: bool, sharded: bool, *archs: Arch
+    out: Path, reader: CheckpointReader, force: bool, sharded: bool, hf: bool, *archs: Arch
 ) -> None:
-    """The output must be a regular file (a folder of shards when sharded) or nothing, and
-    none of the files this run reads."""
+    """The output must be a regular file (a folder of shards, or an HF folder, when sharded)
+    or nothing, and none of the files this run reads."""
     inputs: list[tuple[str | Path, str]] = [(p, "the teacher checkpoint") for p in reader.paths]
     inputs += [(f, f"the spec file {f}") for arch in archs for f in arch.spec.files]
-    (check_folder_target if sharded else check_target)(out, force=force, inputs=inputs)
+    if sharded:
+        check_folder_target(out, force=force, inputs=inputs, also=HF_FILES if hf else ())
+    else:
+        check_target(out, force=force, inputs=inputs)
 
 
 _PLACEHOLDER = "0" * 64  # a sha256 hex digest's length: the header keeps its size
@@ -131,13 +139,16 @@ def convert(
     student_set: SetArg = None,
     progress: Callable[[int, int], None] | None = None,
     max_shard_size: int | str | None = None,
+    to_hf: str | Path | None = None,
     **option_values: Any,
 ) -> ConvertResult:
     """Grow `checkpoint` (of `teacher_spec`) into the student; see the module docstring.
 
     The growth options (`family`, `seed`, `rtol`, ... see `GrowOptions`) come as `options`
     or as keywords of the same names, which override it. `max_shard_size` (bytes, or text
-    such as `2GB`) writes a folder of shards at `output` instead of one file."""
+    such as `2GB`) writes a folder of shards at `output` instead of one file. `to_hf` (a
+    folder, instead of `output`) writes a Hugging Face folder of the student, whose spec
+    must have an HF `naming`; `max_shard_size` then defaults to transformers' 5GB."""
     opts = replace(options or GrowOptions(), **option_values)
     family, seed, rtol, samples = opts.family, opts.seed, opts.rtol, opts.samples
     init, init_scale, noise, rescale = opts.init, opts.init_scale, opts.noise, opts.rescale
@@ -146,9 +157,23 @@ def convert(
     out = Path(output) if output is not None else default_output(student_spec, student)
     if limit is not None and output is None:
         out = out.with_suffix("")
+    target: HFTarget | None = None
+    if to_hf is not None:
+        if output is not None:
+            raise MorphError(
+                "--to-hf names the output folder; drop -o (or drop --to-hf for a morphspec"
+                " checkpoint)",
+                Mark(str(output)),
+            )
+        out, limit = Path(to_hf), limit or DEFAULT_SHARD_BYTES
+        if not out.parent.is_dir():
+            raise MorphError(
+                f"the output folder {out.parent} does not exist; create it first", Mark(str(out))
+            )
+        target = hf_target(student, Path(checkpoint), out.parent)
     with open_checkpoint(checkpoint, teacher) as reader:
         grower = prepare(plan, reader, opts, str(teacher_spec))
-        _check_output(out, reader, force, limit is not None, teacher, student)
+        _check_output(out, reader, force, limit is not None, target is not None, teacher, student)
         if dry_run:
             return ConvertResult(plan, out, False, None, None, grower)
         check_finite(reader)
@@ -172,7 +197,10 @@ def convert(
             def late() -> Mapping[str, str]:
                 return {**metadata, "morphspec.teacher_sha256": sha_future.result()}
 
-            if limit is None:
+            if target is not None:
+                assert limit is not None
+                write_hf_folder(staging, target, entries, metadata, limit, report, late)
+            elif limit is None:
                 write_safetensors(staging, entries, metadata, progress=report, late=late)
             else:
                 write_sharded(staging, entries, metadata, limit, progress=report, late=late)
@@ -189,5 +217,8 @@ def convert(
                         " no output written",
                         Mark(str(student_spec)),
                     )
-            (commit if limit is None else commit_folder)(staging, out)
+            if limit is None:
+                commit(staging, out)
+            else:
+                commit_folder(staging, out, HF_FILES if target is not None else ())
     return ConvertResult(plan, out, True, result, sha, grower)

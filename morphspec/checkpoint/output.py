@@ -28,7 +28,7 @@ import signal
 import stat
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -187,9 +187,14 @@ def commit(staged: Path, output: Path) -> None:
 _OURS = re.compile(r"model-\d{5}-of-\d{5}\.safetensors|model\.safetensors\.index\.json")
 
 
-def _foreign(folder: Path) -> list[str]:
-    """What in `folder` morph did not write (anything but shards and their index)."""
-    return sorted(p.name for p in folder.iterdir() if not (_OURS.fullmatch(p.name) and p.is_file()))
+def _foreign(folder: Path, also: Collection[str] = ()) -> list[str]:
+    """What in `folder` morph did not write (anything but shards, their index and, for a
+    Hugging Face folder, the file names in `also`)."""
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if not ((_OURS.fullmatch(p.name) or p.name in also) and p.is_file())
+    )
 
 
 def check_folder_target(
@@ -197,10 +202,11 @@ def check_folder_target(
     *,
     force: bool,
     inputs: Iterable[tuple[str | os.PathLike[str], str]] = (),
+    also: Collection[str] = (),
 ) -> Path:
     """Refuse a sharded output folder that is a file, holds or is one of `inputs`, holds
-    files morph did not write, sits in a missing folder, or exists (non-empty) without
-    `force`. Returns it as a Path."""
+    files morph did not write (shards, the index, and the names in `also`: an HF folder's),
+    sits in a missing folder, or exists (non-empty) without `force`. Returns it as a Path."""
     out = Path(output)
     where = Mark(str(out))
     if out.exists() and not out.is_dir():
@@ -219,7 +225,7 @@ def check_folder_target(
             )
     if not out.parent.is_dir():
         raise MorphError(f"the output folder {out.parent} does not exist; create it first", where)
-    if out.is_dir() and (foreign := _foreign(out)):
+    if out.is_dir() and (foreign := _foreign(out, also)):
         raise MorphError(
             f"the output folder {out} holds files morph did not write ({', '.join(foreign[:3])}"
             f"{', ...' if len(foreign) > 3 else ''}); only a folder of shards can be replaced:"
@@ -249,7 +255,7 @@ def staging_folder(output: Path) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def commit_folder(staged: Path, output: Path) -> None:
+def commit_folder(staged: Path, output: Path, also: Collection[str] = ()) -> None:
     """Put this run's verified `staged` folder at `output`. A missing (or empty) output is
     a rename; an existing folder of shards is exchanged with the staged one in one step
     (renameat2 RENAME_EXCHANGE), and the old shards, now at `staged`, are removed by the
@@ -264,7 +270,7 @@ def commit_folder(staged: Path, output: Path) -> None:
     if not output.exists():
         os.rename(staged, output)
         return
-    if foreign := _foreign(output):
+    if foreign := _foreign(output, also):
         raise MorphError(
             f"the output folder {output} now holds files morph did not write ({foreign[0]});"
             " nothing written",

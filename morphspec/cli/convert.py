@@ -27,7 +27,8 @@ EXAMPLES = """\
       teacher.safetensors
   morph convert mlp.yaml mlp_wide.yaml mlp.safetensors -o wide.safetensors --seed 3 --json
   morph convert t.yaml s.yaml t.safetensors --dry-run
-  morph convert t.yaml s.yaml t.safetensors -o student/ --max-shard-size 2GB"""
+  morph convert t.yaml s.yaml t.safetensors -o student/ --max-shard-size 2GB
+  morph convert gpt2.yaml gpt2_big.yaml ./gpt2 --to-hf ./gpt2-big"""
 
 CkptArg = Annotated[
     Path,
@@ -50,6 +51,16 @@ ShardOpt = Annotated[
         show_default=False,
     ),
 ]  # fmt: skip
+ToHFOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--to-hf", metavar="OUT_DIR",
+        help="Write a Hugging Face folder instead (config.json, HF-named weights sharded above"
+        " --max-shard-size [default 5GB], the teacher folder's tokenizer files); STUDENT needs"
+        " an HF naming, as `morph import-hf` writes it.",
+        show_default=False,
+    ),
+]  # fmt: skip
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Check and plan; write nothing.")]
 NoVerifyOpt = Annotated[
     bool,
@@ -64,6 +75,7 @@ def convert(
     checkpoint: CkptArg,
     output: OutOpt = None,
     max_shard_size: ShardOpt = None,
+    to_hf: ToHFOpt = None,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
@@ -88,7 +100,8 @@ def convert(
 
         result = run(
             teacher, student, checkpoint, output, force=force,
-            dry_run=dry_run, verify=not no_verify, max_shard_size=max_shard_size, **options,
+            dry_run=dry_run, verify=not no_verify, max_shard_size=max_shard_size, to_hf=to_hf,
+            **options,
             teacher_set=merge_sets(set_, teacher_set), student_set=merge_sets(set_, student_set),
             progress=progress,
         )  # fmt: skip

@@ -34,7 +34,18 @@ from morphspec.spec.load import SetArg
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["COPIED", "DEFAULT_SHARD_BYTES", "ExportResult", "export_hf", "hf_config", "shard"]
+__all__ = [
+    "COPIED",
+    "DEFAULT_SHARD_BYTES",
+    "ExportResult",
+    "copy_companions",
+    "dtype_name",
+    "export_hf",
+    "family_of",
+    "hf_config",
+    "merged_config",
+    "shard",
+]
 
 DEFAULT_SHARD_BYTES = 5 * 1024**3  # transformers' own default max_shard_size
 COPIED = (
@@ -114,6 +125,38 @@ def hf_config(arch: Arch, family: Family, scratch: Path) -> dict[str, Any]:
     return config
 
 
+def merged_config(arch: Arch, family: Family, src: Path | None, scratch: Path) -> dict[str, Any]:
+    """The family's fields for `arch` over the source folder's config.json (token ids and
+    the like survive; a Mistral stays a Mistral)."""
+    base: dict[str, Any] = {}
+    if src is not None:
+        try:
+            base = json.loads((src / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise MorphError(f"cannot read config.json ({e})", Mark(str(src))) from None
+    config = hf_config(arch, family, scratch)
+    if base.get("model_type") in family.model_types:
+        config = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
+    return {**base, **config}
+
+
+def copy_companions(src: Path | None, staging: Path) -> list[str]:
+    """Copy the source folder's tokenizer and generation files unchanged; their names."""
+    copied = []
+    for name in COPIED if src is not None else ():
+        assert src is not None
+        if (src / name).is_file():
+            shutil.copy2(src / name, staging / name)
+            copied.append(name)
+    return copied
+
+
+def dtype_name(dtypes: set[torch.dtype] | set[str]) -> str | None:
+    """config.json's `dtype`: the one dtype of all tensors, or None when mixed."""
+    names = {str(d) for d in dtypes}
+    return _DTYPE_NAMES.get(names.pop(), "float32") if len(names) == 1 else None
+
+
 def shard(entries: list[TensorEntry], limit: int) -> list[list[TensorEntry]]:
     """Entries in key order, cut into runs of at most `limit` bytes (a larger tensor alone)."""
     runs: list[list[TensorEntry]] = [[]]
@@ -162,29 +205,16 @@ def export_hf(
     arch = resolve(load_spec(spec, set))
     family = family_of(arch)
     _check_output(out, [Path(checkpoint), *([src] if src else [])], force)
-    base: dict[str, Any] = {}
-    if src is not None:
-        try:
-            base = json.loads((src / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise MorphError(f"cannot read config.json ({e})", Mark(str(src))) from None
-    config = hf_config(arch, family, out.parent)
-    if base.get("model_type") in family.model_types:  # a Mistral stays a Mistral
-        config = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
-    config = {**base, **config}
+    config = merged_config(arch, family, src, out.parent)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:
         with open_checkpoint(checkpoint, arch) as reader:
             check_keys(reader, arch.state_shapes(), str(spec))
             files = _write_weights(reader, arch, family, staging, shard_bytes)
             dtypes = {str(reader.dtype(k)) for k in reader}
-        config["dtype"] = _DTYPE_NAMES.get(dtypes.pop(), "float32") if len(dtypes) == 1 else None
+        config["dtype"] = dtype_name(dtypes)
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
-        for name in COPIED if src is not None else ():
-            assert src is not None
-            if (src / name).is_file():
-                shutil.copy2(src / name, staging / name)
-                files.append(name)
+        files += copy_companions(src, staging)
         _replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -4,15 +4,13 @@
 Hugging Face's LlamaRMSNorm rounds its input to float32 even in a float64 model (its
 statistics are float32 by design), which alone puts ~1e-7 between any float64 Llama and
 it. The float64 comparison therefore runs HF's RMSNorm with the same formula kept in
-float64 (`_float64_rmsnorm`); the float32 comparison runs transformers as it is.
+float64 (`float64_rmsnorm`); the float32 comparison runs transformers as it is.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from morphspec.convert import convert
 from morphspec.interop import export_hf, import_hf
 
 transformers = pytest.importorskip("transformers")
+from hf_helpers import float64_rmsnorm, transformers_warnings  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     GPT2Config,
@@ -33,8 +32,6 @@ from transformers import (  # noqa: E402
     MistralConfig,
     MistralForCausalLM,
 )
-from transformers.models.llama import modeling_llama  # noqa: E402
-from transformers.models.mistral import modeling_mistral  # noqa: E402
 
 SMALL = {"vocab_size": 40, "bos_token_id": 0, "eos_token_id": 1}
 LLAMA = {
@@ -82,35 +79,6 @@ MODELS: dict[str, Callable[[], torch.nn.Module]] = {
 SHARDED = {"llama-gqa": "4KB", "gpt2": "3KB"}
 
 
-def _rms64(self: Any, h: torch.Tensor) -> torch.Tensor:
-    return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-
-
-@contextmanager
-def _float64_rmsnorm() -> Iterator[None]:
-    saved = modeling_llama.LlamaRMSNorm.forward, modeling_mistral.MistralRMSNorm.forward
-    modeling_llama.LlamaRMSNorm.forward = _rms64  # type: ignore[method-assign]
-    modeling_mistral.MistralRMSNorm.forward = _rms64  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        modeling_llama.LlamaRMSNorm.forward, modeling_mistral.MistralRMSNorm.forward = saved
-
-
-@contextmanager
-def _transformers_warnings() -> Iterator[list[str]]:
-    """Warnings transformers logs (its logger does not propagate, so caplog misses them)."""
-    seen: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
-    log = logging.getLogger("transformers")
-    log.addHandler(handler)
-    try:
-        yield seen
-    finally:
-        log.removeHandler(handler)
-
-
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / a.abs().max())
 
@@ -136,7 +104,7 @@ def test_imported_models_equal_transformers_in_float64(saved: Any) -> None:
     name, model, root, ids = saved
     assert (root / "hf" / "model.safetensors.index.json").is_file() == (name in SHARDED)
     ours = morphspec.load(root / "teacher.yaml", root / "hf", dtype=torch.float64)
-    with torch.no_grad(), _float64_rmsnorm():
+    with torch.no_grad(), float64_rmsnorm():
         want = model(ids).logits
         assert _rel(want, ours(ids)) < 1e-12
 
@@ -156,7 +124,7 @@ def test_exported_folders_load_strictly_and_compute_the_same(saved: Any) -> None
         root / "teacher.yaml", root / "hf", out, source=root / "hf", shard_bytes=3000, force=True
     )
     assert (out / "tokenizer_config.json").is_file() and (out / "generation_config.json").is_file()
-    with _transformers_warnings() as warned:
+    with transformers_warnings() as warned:
         again, info = AutoModelForCausalLM.from_pretrained(
             out, dtype=torch.float64, output_loading_info=True
         )
@@ -191,5 +159,5 @@ def test_round_trip_with_a_grown_model(saved: Any, tmp_path: Path) -> None:
     grown = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float64).eval()
     size = getattr(grown.config, "intermediate_size", None) or grown.config.n_inner
     assert size == want or (size is None and grown.config.n_embd * 4 == want)
-    with torch.no_grad(), _float64_rmsnorm():
+    with torch.no_grad(), float64_rmsnorm():
         assert _rel(model(ids).logits, grown(ids).logits) < 1e-10

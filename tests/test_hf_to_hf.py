@@ -4,9 +4,7 @@ float64 logits, for every exact transformer growth; refusals leave nothing behin
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from morphspec.errors import MorphError
 from morphspec.interop import import_hf
 
 transformers = pytest.importorskip("transformers")
+from hf_helpers import float64_rmsnorm, transformers_warnings  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     GPT2Config,
@@ -28,7 +27,6 @@ from transformers import (  # noqa: E402
     LlamaConfig,
     LlamaForCausalLM,
 )
-from transformers.models.llama import modeling_llama  # noqa: E402
 
 SMALL = {"vocab_size": 40, "bos_token_id": 0, "eos_token_id": 1}
 TEACHERS: dict[str, tuple[Callable[[], torch.nn.Module], str | None]] = {
@@ -81,35 +79,6 @@ CASES = [
 ]
 
 
-def _rms64(self: Any, h: torch.Tensor) -> torch.Tensor:
-    return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-
-
-@contextmanager
-def _float64_rmsnorm() -> Iterator[None]:
-    """HF's RMSNorm rounds to float32 by design; keep its formula in float64 (see
-    test_hf_parity.py), so the comparison sees only the growth."""
-    saved = modeling_llama.LlamaRMSNorm.forward
-    modeling_llama.LlamaRMSNorm.forward = _rms64  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        modeling_llama.LlamaRMSNorm.forward = saved  # type: ignore[method-assign]
-
-
-@contextmanager
-def _transformers_warnings() -> Iterator[list[str]]:
-    seen: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
-    log = logging.getLogger("transformers")
-    log.addHandler(handler)
-    try:
-        yield seen
-    finally:
-        log.removeHandler(handler)
-
-
 @pytest.fixture(scope="module", params=sorted(TEACHERS))
 def teacher(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     name = request.param
@@ -132,7 +101,7 @@ def _sets(text: str) -> list[str]:
 
 
 def _load_strict(folder: Path) -> torch.nn.Module:
-    with _transformers_warnings() as warned:
+    with transformers_warnings() as warned:
         model, info = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float64, output_loading_info=True
         )
@@ -169,7 +138,7 @@ def test_to_hf_output_loads_strictly_with_the_teachers_logits(
     grown = _load_strict(out)
     assert type(grown) is type(model)
     assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in model.parameters())
-    with torch.no_grad(), _float64_rmsnorm():
+    with torch.no_grad(), float64_rmsnorm():
         want, got = model(ids).logits, grown(ids).logits
     assert float((want - got).abs().max() / want.abs().max()) < 1e-10
 
@@ -191,7 +160,7 @@ def test_to_hf_shards_above_the_size_and_replaces_with_force(
     assert not (out / "model.safetensors").exists()
     assert all(s.stat().st_size <= 4000 or _one_tensor(s) for s in shards)
     grown = _load_strict(out)
-    with torch.no_grad(), _float64_rmsnorm():
+    with torch.no_grad(), float64_rmsnorm():
         want, got = model(ids).logits, grown(ids).logits
     assert float((want - got).abs().max() / want.abs().max()) < 1e-10
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging left behind

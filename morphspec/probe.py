@@ -9,9 +9,9 @@ deepens (the paper measures it saturating), that many blocks bring the mean scal
 perturbation to ε or below. The clamp keeps the rule from ever proposing to remove blocks,
 which growth cannot do.
 
-Where the probe measures is data, per layer kind (`POINTS`): a residual is one `Point`. A
-kind whose steps should be probed one by one (the reversible units, once they can be built)
-registers a function that returns one Point per step, each naming the submodule whose input
+Where the probe measures is data, per container type of the kind records (`POINTS`): a
+residual is one `Point`. A container type whose steps should be probed one by one would
+register a function that returns one Point per step, each naming the submodule whose input
 and output are that step's state. Everything up to the measurement is torch-free.
 
 This module is imported by `import morphspec` (which binds `morphspec.probe` to the function
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from morphspec.arch import Arch, Node, resolve
 from morphspec.errors import Mark, MorphError
+from morphspec.growth.kinds import rule_of
 from morphspec.spec import Spec, load_spec
 from morphspec.spec.load import SetArg
 
@@ -52,7 +53,12 @@ __all__ = [
 DEFAULT_EPSILON = 0.1
 DEFAULT_SAMPLES = 256
 INPUTS_KEY = "inputs"
-TRANSPARENT = frozenset({"identity", "dropout"})  # x in, x out in eval mode: no barrier
+
+
+def _transparent(node: Node) -> bool:
+    """x in, x out in eval mode (identity, dropout: their growth rule says so): no barrier."""
+    rule = rule_of(node.kind)
+    return rule is not None and rule.is_identity
 
 
 @dataclass(frozen=True)
@@ -74,12 +80,12 @@ PointsFn = Callable[[Node, list[list[Item]]], Iterator[Item]]
 def _stream(node: Node, nested: list[list[Item]]) -> Iterator[Item]:
     """The blocks of `node` in forward order, None where the data passes something else;
     streams inside a block (a residual inside a residual's body) are appended to `nested`."""
-    if node.kind in ("sequential", "repeat"):
+    if node.container == "chain":
         for child in node.children:
             yield from _stream(child, nested)
-    elif node.kind in POINTS:
-        yield from POINTS[node.kind](node, nested)
-    elif node.kind not in TRANSPARENT:
+    elif node.container in POINTS:
+        yield from POINTS[node.container](node, nested)
+    elif not _transparent(node):
         yield None
 
 
@@ -94,7 +100,7 @@ def _residual_points(node: Node, nested: list[list[Item]]) -> Iterator[Item]:
     nested.append(_chain(node.children, nested))
     if node.shortcut is not None:
         nested.append(_chain(node.shortcut.children, nested))
-    cut = next((i for i, p in enumerate(node.post) if p.kind == "residual"), len(node.post))
+    cut = next((i for i, p in enumerate(node.post) if p.container == "residual"), len(node.post))
     head, rest = node.post[:cut], node.post[cut:]
     for p in head:
         nested.append(_chain([p], nested))
@@ -166,10 +172,16 @@ def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + ".")
 
 
+def _appends_copies(node: Node) -> bool:
+    """A container whose copies growth can append (a repeat: its rule grows `times`)."""
+    rule = rule_of(node.kind)
+    return node.is_container and rule is not None and "times" in rule.grows
+
+
 def _innermost_repeat(arch: Arch, paths: list[str]) -> Node | None:
     inside = [
         n for n in arch.nodes()
-        if n.kind == "repeat" and all(p.startswith(n.path + ".") for p in paths)
+        if _appends_copies(n) and all(p.startswith(n.path + ".") for p in paths)
     ]  # fmt: skip
     return max(inside, key=lambda n: len(n.path), default=None)
 
@@ -320,7 +332,7 @@ def _inputs(
         need = "integer token ids" if tokens else "floating-point values"
         raise MorphError(f"inputs are {data.dtype}, but spec '{arch.name}' takes {need}", where)
     if tokens:
-        vocab = min((n.args["vocab"] for n in arch.nodes() if n.kind == "embedding"), default=0)
+        vocab = arch.vocab() or 0
         if vocab and (int(data.min()) < 0 or int(data.max()) >= vocab):
             raise MorphError(f"token ids must lie in [0, {vocab}) for spec '{arch.name}'", where)
     return data[:samples] if samples else data

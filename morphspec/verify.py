@@ -67,7 +67,7 @@ def sample_inputs(arch: Arch, samples: int, seed: int) -> torch.Tensor:
         )
     gen = torch.Generator().manual_seed(seed)
     if arch.input.layout == "tokens":
-        vocab = min((n.args["vocab"] for n in arch.nodes() if n.kind == "embedding"), default=2)
+        vocab = arch.vocab() or 2
         return torch.randint(0, vocab, shape, generator=gen)
     return torch.randn(shape, generator=gen)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,7 @@ from torch import nn
 import morphspec
 from morphspec import build, load_spec, resolve
 from morphspec.arch import Arch
-from morphspec.builder import BUILDERS
-from morphspec.spec.models import LAYER_KINDS
+from morphspec.kinds import all_kinds
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "examples" / "specs"
@@ -82,7 +82,9 @@ def test_trainable_count_equals_the_built_model(example: str) -> None:
 
 
 def test_every_layer_kind_has_a_builder() -> None:
-    assert set(BUILDERS) == set(LAYER_KINDS)
+    for kind in all_kinds():
+        module, _, attr = kind.builder.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), kind.name
 
 
 def test_built_model_is_in_eval_mode_and_batchnorm_follows_the_rank(tmp_path: Path) -> None:

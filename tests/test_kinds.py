@@ -15,16 +15,17 @@ import torch
 from growth_helpers import make_teacher, write_spec
 
 import morphspec
-from morphspec.arch.leaves import RULES
 from morphspec.convert import convert
 from morphspec.errors import PlanRefused
-from morphspec.growth import kinds
 from morphspec.growth.families import FAMILIES
 from morphspec.growth.kinds import KINDS, KindRule, Layout, ParamRole, Tie
 from morphspec.growth.plan import diff, plan_for
+from morphspec.growth.rule import check_rule
+from morphspec.kinds import all_kinds, registry
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC_MD = ROOT.parent / "shared" / "SPEC.md"
+SPEC_MD = ROOT / "docs" / "spec.md"  # the repository's copy of the spec contract
+RULES = {k.name for k in all_kinds() if k.shape is not None}  # kinds with a shape rule
 CONTAINERS = {"sequential", "residual", "repeat"}
 REVERSIBLE = {"hamiltonian", "midpoint", "leapfrog"}
 
@@ -42,9 +43,7 @@ body:
 
 
 def spec_kinds() -> set[str]:
-    """The kinds of SPEC.md's table when the shared SPEC.md is there, else the shape rules'."""
-    if not SPEC_MD.is_file():
-        return set(RULES) | CONTAINERS
+    """The kinds of the table in docs/spec.md (the copy of SPEC.md)."""
     table = SPEC_MD.read_text(encoding="utf-8").split("| kind |", 1)[1].split("\n\n", 1)[0]
     found = set()
     for line in table.splitlines()[2:]:
@@ -68,7 +67,7 @@ def test_every_kind_with_parameters_is_known_or_refused() -> None:
 def test_a_kind_without_entry_is_refused_even_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    monkeypatch.setattr(kinds, "KINDS", {k: r for k, r in KINDS.items() if k != kind})
+    _patched(monkeypatch, kind, None)
     text = HAMILTONIAN.replace("hamiltonian", kind)
     spec = write_spec(tmp_path / "t.yaml", text.format(name="t", c=8, hidden=4))
     with pytest.raises(PlanRefused) as err:
@@ -117,8 +116,11 @@ def _specs(tmp_path: Path) -> tuple[Path, Path]:
     )
 
 
-def _patched(monkeypatch: pytest.MonkeyPatch, kind: str, rule: KindRule) -> None:
-    monkeypatch.setattr(kinds, "KINDS", {**KINDS, kind: rule})
+def _patched(monkeypatch: pytest.MonkeyPatch, kind: str, rule: KindRule | None) -> None:
+    """Kind `kind` with growth rule `rule` (None: unknown to growth) for this test only."""
+    record = registry.get(kind)
+    assert record is not None
+    monkeypatch.setitem(registry._KINDS, kind, replace(record, growth=rule))
 
 
 def test_a_dimension_without_a_role_is_refused(
@@ -155,8 +157,8 @@ def test_ties_are_declared_and_filled_once(tmp_path: Path, monkeypatch: pytest.M
         ParamRole("weight", 1, "producer", "out"),
     )
     with pytest.raises(ValueError, match="no Tie"):
-        kinds._check(KindRule("k", "new", two_roles))
-    tied = kinds._check(
+        check_rule(KindRule("k", "new", two_roles))
+    tied = check_rule(
         KindRule("k", "new", two_roles, ties=(Tie("weight", 1, ("consumer", "producer"), True),))
     )
     assert tied.tie_of("weight", 1) is not None

@@ -1,4 +1,7 @@
-"""Shape rules, parameter shapes and FLOPs of every leaf layer kind, without torch.
+"""Shape rules, parameter shapes and FLOPs of the built-in leaf kinds, without torch.
+
+Each rule is named by its kind's record (morphspec/kinds/builtin.py); `make` looks the
+rule up there, so a registered kind's own rule is used the same way.
 
 FLOPs count forward multiply-adds × 2 of the matrix products and convolutions, per sample;
 element-wise work (norms, activations, pooling, bias) is not counted.
@@ -11,6 +14,8 @@ from typing import Any
 
 from morphspec.arch.nodes import Node, TensorShape
 from morphspec.errors import Mark
+from morphspec.kinds import registry
+from morphspec.kinds.record import ShapeError
 
 __all__ = ["COUNT_ARGS", "REAL_ARGS", "ShapeError", "make"]
 
@@ -22,14 +27,6 @@ COUNT_ARGS = frozenset(
 
 Shapes = dict[str, tuple[int, ...]]
 Rule = Callable[[dict[str, Any], TensorShape], tuple[TensorShape, Shapes, int]]
-
-
-class ShapeError(ValueError):
-    """A layer that cannot take its input; `field` names the argument to point at."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
 
 
 def _need(shape: TensorShape, kind: str, *layouts: str) -> None:
@@ -235,33 +232,13 @@ def _reversible(kind: str) -> Rule:
     return rule
 
 
-RULES: dict[str, Rule] = {
-    "linear": _linear,
-    "conv": _conv,
-    "batchnorm": _batchnorm,
-    "layernorm": _norm(True),
-    "rmsnorm": _norm(False),
-    "maxpool": _pool,
-    "avgpool": _pool,
-    "global_avgpool": _global_avgpool,
-    "flatten": _flatten,
-    "embedding": _embedding,
-    "position_embedding": _position,
-    "attention": _attention,
-    "mlp": _mlp,
-    "channel_pad": _channel_pad,
-    "hamiltonian": _reversible("hamiltonian"),
-    "midpoint": _reversible("midpoint"),
-    "leapfrog": _reversible("leapfrog"),
-}
-for _kind in ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity", "dropout"):
-    RULES[_kind] = _same
-
-
 def make(
     kind: str, name: str, path: str, args: dict[str, Any], inp: TensorShape, mark: Mark
 ) -> Node:
     """A leaf node with its output shape, parameter shapes and FLOPs."""
+    record = registry.get(kind)
+    if record is None or record.shape is None:
+        raise KeyError(f"no shape rule for layer kind '{kind}'")
     args = dict(args)
-    out, params, flops = RULES[kind](args, inp)
+    out, params, flops = record.shape(args, inp)
     return Node(kind, name, path, args, inp, out, mark, params=params, flops=flops)

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from morphspec.errors import Mark
+from morphspec.kinds import registry
 from morphspec.spec.models import Spec
 
 __all__ = ["Arch", "Layout", "Node", "TensorShape"]
@@ -88,7 +89,18 @@ class Node:
 
     @property
     def is_container(self) -> bool:
-        return self.kind in ("sequential", "repeat", "residual")
+        return self.container is not None
+
+    @property
+    def container(self) -> Literal["chain", "residual"] | None:
+        """`chain` (children run in order), `residual`, or None for a leaf (kind record)."""
+        record = registry.get(self.kind)
+        return record.container if record is not None else None
+
+    def shared_weight(self) -> str | None:
+        """The path of the layer whose weight this one reads (a tied head), if any."""
+        record = registry.get(self.kind)
+        return self.args.get(record.shares) or None if record and record.shares else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,6 +145,20 @@ class Arch:
 
     def flops(self) -> int:
         return sum(n.flops for n in self.nodes())
+
+    def shared_weights(self) -> dict[str, str]:
+        """Layers that read another's weight (tied heads): reader path -> owner path."""
+        return {n.path: tie for n in self.nodes() if (tie := n.shared_weight()) is not None}
+
+    def vocab(self) -> int | None:
+        """The token-id bound of a token model: the smallest such bound of its layers (an
+        embedding's vocab), None when no layer reads token ids."""
+        bounds = [
+            n.args[record.token_ids]
+            for n in self.nodes()
+            if (record := registry.get(n.kind)) is not None and record.token_ids
+        ]
+        return min(bounds, default=None)
 
 
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")

@@ -11,8 +11,10 @@ from pydantic import BaseModel
 from morphspec.arch import leaves
 from morphspec.arch.nodes import Arch, Node, TensorShape
 from morphspec.arch.shortcut import default_shortcut
+from morphspec.arch.ties import check_tie
 from morphspec.arch.values import Values
 from morphspec.errors import Mark, SpecError, closest
+from morphspec.kinds import registry
 from morphspec.spec import models as m
 from morphspec.spec.expr import Number
 from morphspec.spec.limits import MAX_LAYERS, limit, over
@@ -32,35 +34,8 @@ def resolve(spec: m.Spec) -> Arch:
     root = Node("sequential", "", "", {}, shape, out, spec.mark(()), tuple(children))
     arch = Arch(spec, root)
     for node, where in ctx.ties:
-        _check_tie(arch, node, where)
+        check_tie(arch, node, where)
     return arch
-
-
-def _check_tie(arch: Arch, node: Node, where: Mark) -> None:
-    """A tied linear reads an embedding's weight [vocab, dim] as its own [out, in]."""
-    path = node.args["tie"]
-    paths = [n.path for n in arch.nodes() if n.kind == "embedding"]
-    try:
-        target = arch.node(path)
-    except KeyError:
-        raise SpecError(
-            f"linear '{node.path}': tie '{path}' names no layer{closest(path, paths)}"
-            f" (embeddings: {', '.join(paths) or 'none'})",
-            where,
-        ) from None
-    if target.kind != "embedding":
-        raise SpecError(
-            f"linear '{node.path}': tie '{path}' is a {target.kind}; a head ties to an embedding",
-            where,
-        )
-    want = (node.args["out"], node.inp.channels)
-    if target.params["weight"] != want:
-        raise SpecError(
-            f"linear '{node.path}' ([out, in] = {list(want)}) cannot share the weight of"
-            f" '{path}' ([vocab, dim] = {list(target.params['weight'])}); out must be the"
-            " vocab and the input width the embedding's dim",
-            where,
-        )
 
 
 def _input_shape(spec: m.Spec, ctx: _Resolver) -> TensorShape:
@@ -139,15 +114,18 @@ class _Resolver(Values):
             return self.residual(layer, loc, env, shape, name, path)
         if isinstance(layer, m.Repeat):
             return self.repeat(layer, loc, env, shape, name, path)
-        args = self.leaf_args(layer, loc, env)
-        if isinstance(layer, m.Linear) and layer.tie is not None:
-            if layer.bias and "bias" in layer.model_fields_set:
+        record = registry.get(layer.op)
+        args = self.leaf_args(layer, loc, env, record.real_args if record else frozenset())
+        shares = record.shares if record is not None else ""
+        if shares and args.get(shares) is not None:
+            if args.get("bias") and "bias" in layer.model_fields_set:
                 raise SpecError(
-                    f"linear '{path}' is tied to '{layer.tie}' and so owns no key: it has no"
-                    " bias; remove 'bias: true'",
+                    f"{layer.op} '{path}' is tied to '{args[shares]}' and so owns no key: it"
+                    " has no bias; remove 'bias: true'",
                     self.mark((*loc, "bias")),
                 )
-            args["bias"] = False
+            if "bias" in args:
+                args["bias"] = False
         try:
             node = leaves.make(layer.op, name, path, args, shape, self.mark(loc))
         except leaves.ShapeError as exc:
@@ -157,11 +135,13 @@ class _Resolver(Values):
                     f"{layer.op} '{path}': {exc}", getattr(layer, field, None), (*loc, field), env
                 ) from None
             raise SpecError(f"{layer.op} '{path}': {exc}", self.mark(loc, key=True)) from None
-        if args.get("tie") is not None:
-            self.ties.append((node, self.mark((*loc, "tie"))))
+        if shares and args.get(shares) is not None:
+            self.ties.append((node, self.mark((*loc, shares))))
         return node
 
-    def leaf_args(self, layer: BaseModel, loc: Loc, env: Mapping[str, Number]) -> dict[str, Any]:
+    def leaf_args(
+        self, layer: BaseModel, loc: Loc, env: Mapping[str, Number], reals: frozenset[str]
+    ) -> dict[str, Any]:
         args: dict[str, Any] = {}
         for field, value in layer:
             if field in ("op", "name"):
@@ -171,7 +151,7 @@ class _Resolver(Values):
                 args["act"], args["act_options"] = _act(value, here, self, env)
             elif value is None or isinstance(value, bool) or field in _WORDS:
                 args[field] = value
-            elif field in leaves.REAL_ARGS:
+            elif field in leaves.REAL_ARGS or field in reals:
                 args[field] = self.real(value, here, env)
             elif field in leaves.COUNT_ARGS:
                 args[field] = self.count(value, here, env, f"'{field}'")

@@ -1,12 +1,12 @@
-"""A closed registry from layer kind to torch module: a spec can never name code.
+"""The torch modules of the built-in kinds; each kind's record names its builder here.
 
-Modules are built from the resolved `Arch`, so shapes and names were checked before
-any torch object exists, and the state_dict keys are exactly `Arch.state_shapes()`.
+A spec can never name code: only registered kinds build, each through its record's
+`builder`. Modules are built from the resolved `Arch`, so shapes and names were checked
+before any torch object exists, and the state_dict keys are exactly `Arch.state_shapes()`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -14,24 +14,21 @@ from torch import nn
 from morphspec.arch.nodes import Arch, Node
 from morphspec.builder import layers as L
 from morphspec.builder import reversible as R
+from morphspec.kinds import registry
 
-__all__ = ["BUILDERS", "build_arch", "build_node"]
-
-Builder = Callable[[Node], nn.Module]
-
-
-def _act(kind: str) -> Builder:
-    return lambda n: L.activation(
-        kind, float(n.args.get("slope", 0.01)), n.args.get("approximate", "none")
-    )
+__all__ = ["build_arch", "build_node"]
 
 
-def _norm_1d_2d(n: Node) -> nn.Module:
+def activation(n: Node) -> nn.Module:
+    return L.activation(n.kind, float(n.args.get("slope", 0.01)), n.args.get("approximate", "none"))
+
+
+def batchnorm(n: Node) -> nn.Module:
     cls = nn.BatchNorm2d if n.inp.layout == "image" else nn.BatchNorm1d
     return cls(n.inp.channels, eps=n.args["eps"], momentum=n.args["momentum"])
 
 
-def _attention(n: Node) -> nn.Module:
+def attention(n: Node) -> nn.Module:
     a = n.args
     return L.Attention(
         n.inp.channels, a["heads"], a["head_dim"], a["kv_heads"],
@@ -39,17 +36,73 @@ def _attention(n: Node) -> nn.Module:
     )  # fmt: skip
 
 
-def _linear(n: Node) -> nn.Module:
+def linear(n: Node) -> nn.Module:
     if n.args.get("tie"):
         return L.TiedLinear(n.args["tie"])  # attached to its embedding by build_arch
     return nn.Linear(n.inp.channels, n.args["out"], bias=n.args["bias"])
+
+
+def conv(n: Node) -> nn.Module:
+    a = n.args
+    return nn.Conv2d(
+        n.inp.channels, a["out"], a["kernel"], a["stride"], a["padding"], a["dilation"],
+        bias=a["bias"],
+    )  # fmt: skip
+
+
+def layernorm(n: Node) -> nn.Module:
+    return nn.LayerNorm(n.inp.channels, eps=n.args["eps"], bias=n.args["bias"])
+
+
+def rmsnorm(n: Node) -> nn.Module:
+    return L.RMSNorm(n.inp.channels, eps=n.args["eps"])
+
+
+def dropout(n: Node) -> nn.Module:
+    return nn.Dropout(n.args["p"])
+
+
+def maxpool(n: Node) -> nn.Module:
+    return nn.MaxPool2d(n.args["kernel"], n.args["stride"], n.args["padding"])
+
+
+def avgpool(n: Node) -> nn.Module:
+    return nn.AvgPool2d(n.args["kernel"], n.args["stride"], n.args["padding"])
+
+
+def global_avgpool(n: Node) -> nn.Module:
+    return L.GlobalAvgPool()
+
+
+def flatten(n: Node) -> nn.Module:
+    return nn.Flatten()
+
+
+def embedding(n: Node) -> nn.Module:
+    return nn.Embedding(n.args["vocab"], n.args["dim"])
+
+
+def position_embedding(n: Node) -> nn.Module:
+    return L.PositionEmbedding(n.args["max_len"], n.inp.channels)
+
+
+def mlp(n: Node) -> nn.Module:
+    a = n.args
+    return L.Mlp(
+        n.inp.channels, a["hidden"], a["act"], gated=a["gated"], bias=a["bias"],
+        act_options=a.get("act_options"),
+    )  # fmt: skip
 
 
 def _children(n: Node) -> list[tuple[str, nn.Module]]:
     return [(c.name, build_node(c)) for c in n.children]
 
 
-def _residual(n: Node) -> nn.Module:
+def sequence(n: Node) -> nn.Module:
+    return L.Sequence(_children(n))
+
+
+def residual(n: Node) -> nn.Module:
     shortcut = None
     if n.shortcut is not None:
         shortcut = (n.shortcut.name, build_node(n.shortcut))
@@ -57,59 +110,28 @@ def _residual(n: Node) -> nn.Module:
     return L.Residual(_children(n), shortcut, post)
 
 
-BUILDERS: dict[str, Builder] = {
-    "linear": _linear,
-    "conv": lambda n: nn.Conv2d(
-        n.inp.channels,
-        n.args["out"],
-        n.args["kernel"],
-        n.args["stride"],
-        n.args["padding"],
-        n.args["dilation"],
-        bias=n.args["bias"],
-    ),
-    "batchnorm": _norm_1d_2d,
-    "layernorm": lambda n: nn.LayerNorm(n.inp.channels, eps=n.args["eps"], bias=n.args["bias"]),
-    "rmsnorm": lambda n: L.RMSNorm(n.inp.channels, eps=n.args["eps"]),
-    "dropout": lambda n: nn.Dropout(n.args["p"]),
-    "maxpool": lambda n: nn.MaxPool2d(n.args["kernel"], n.args["stride"], n.args["padding"]),
-    "avgpool": lambda n: nn.AvgPool2d(n.args["kernel"], n.args["stride"], n.args["padding"]),
-    "global_avgpool": lambda n: L.GlobalAvgPool(),
-    "flatten": lambda n: nn.Flatten(),
-    "embedding": lambda n: nn.Embedding(n.args["vocab"], n.args["dim"]),
-    "position_embedding": lambda n: L.PositionEmbedding(n.args["max_len"], n.inp.channels),
-    "attention": _attention,
-    "mlp": lambda n: L.Mlp(
-        n.inp.channels,
-        n.args["hidden"],
-        n.args["act"],
-        gated=n.args["gated"],
-        bias=n.args["bias"],
-        act_options=n.args.get("act_options"),
-    ),
-    "sequential": lambda n: L.Sequence(_children(n)),
-    "repeat": lambda n: L.Sequence(_children(n)),
-    "residual": _residual,
-    "channel_pad": lambda n: R.ChannelPad(n.args["out"], channels_last=n.inp.layout != "image"),
-    "hamiltonian": lambda n: R.build_unit("hamiltonian", n.args, n.inp.channels),
-    "midpoint": lambda n: R.build_unit("midpoint", n.args, n.inp.channels),
-    "leapfrog": lambda n: R.build_unit("leapfrog", n.args, n.inp.channels),
-}
-for _kind in ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity"):
-    BUILDERS[_kind] = _act(_kind)
+def channel_pad(n: Node) -> nn.Module:
+    return R.ChannelPad(n.args["out"], channels_last=n.inp.layout != "image")
+
+
+def reversible(n: Node) -> nn.Module:
+    return R.build_unit(n.kind, n.args, n.inp.channels)
 
 
 def build_node(node: Node) -> nn.Module:
-    return BUILDERS[node.kind](node)
+    """The torch module of one node, by its kind's record (KeyError: no such kind)."""
+    record = registry.get(node.kind)
+    if record is None:
+        raise KeyError(f"no layer kind '{node.kind}' is registered")
+    module: nn.Module = record.build(node)
+    return module
 
 
 def build_arch(arch: Arch, **_: Any) -> nn.Module:
     """The torch model of `arch`, in eval mode, with its default initialisation."""
     model = build_node(arch.root)
-    for node in arch.nodes():
-        if node.kind == "linear" and node.args.get("tie"):
-            head = model.get_submodule(node.path)
-            assert isinstance(head, L.TiedLinear)
-            head.tie(model.get_submodule(node.args["tie"]))
+    for reader, owner in arch.shared_weights().items():
+        # A sharing kind's module (L.TiedLinear) takes its owner through `tie`.
+        model.get_submodule(reader).tie(model.get_submodule(owner))  # type: ignore[operator]
     model.eval()
     return model

@@ -41,7 +41,7 @@ def streamed_model(
             model.to(dtype)
     model.eval()
     # A tied head reads its embedding's weight after the embedding ran: keep those resident.
-    tied = {n.args["tie"] for n in arch.nodes() if n.kind == "linear" and n.args.get("tie")}
+    tied = set(arch.shared_weights().values())
     handles = []
     atomic: list[str] = []  # modules that read their children's tensors without calling them
     for prefix, module in model.named_modules():

@@ -18,6 +18,7 @@ import typer
 from morphspec.checkpoint.output import Terminated
 from morphspec.cli.output import Output
 from morphspec.errors import EXIT_INVALID, Mark, MorphError, Problem
+from morphspec.kinds.plugins import load_plugins
 
 try:  # typer >= 0.22 vendors click
     from typer._click.exceptions import ClickException  # type: ignore[import-not-found,unused-ignore]
@@ -52,6 +53,7 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         out = Output(bool(kwargs.get("as_json", False)))
         try:
+            load_plugins()  # the project's own layer kinds, before any spec is read
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort, ClickException):
             raise

@@ -32,16 +32,21 @@ from typing import TYPE_CHECKING, Literal
 from morphspec.arch.nodes import Arch, Node
 from morphspec.errors import Problem
 from morphspec.growth.graph import ChannelSpace, SpaceGraph
+from morphspec.growth.kinds import rule_of
 
 if TYPE_CHECKING:  # plan.py imports this module, and planning imports no torch
     import torch
 
 __all__ = [
-    "GROUPED_KINDS", "HeadGrowth", "InsideFill", "head_growths", "register_groups", "repeat_kv",
+    "HeadGrowth", "InsideFill", "head_growths", "register_groups", "repeat_kv",
 ]  # fmt: skip
 
-GROUPED_KINDS = frozenset({"attention"})
-"""Kinds whose `groups` layouts this module fills (others are refused by the planner)."""
+
+def is_grouped(node: Node) -> bool:
+    """Whether this module fills `node`'s `groups` layouts: its rule says `grouped` (heads,
+    kv_heads and head_dim args, as attention has). Others are refused by the planner."""
+    rule = rule_of(node.kind)
+    return rule is not None and rule.grouped
 
 
 @dataclass(frozen=True)
@@ -66,11 +71,11 @@ def _heads(n: Node) -> tuple[int, int, int]:
 
 def head_growths(teacher: Arch, student: Arch) -> tuple[dict[str, HeadGrowth], list[Problem]]:
     """Every attention layer whose heads grow (new layers: all groups new), or why not."""
-    t_nodes = {n.path: n for n in teacher.nodes() if n.kind == "attention"}
+    t_nodes = {n.path: n for n in teacher.nodes() if is_grouped(n)}
     growths: dict[str, HeadGrowth] = {}
     problems: list[Problem] = []
     for s in student.nodes():
-        if s.kind != "attention":
+        if not is_grouped(s):
             continue
         h2, k2, d2 = _heads(s)
         t = t_nodes.get(s.path)

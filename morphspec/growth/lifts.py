@@ -45,13 +45,12 @@ from typing import TYPE_CHECKING, Literal
 from morphspec.arch.nodes import Arch, Node
 from morphspec.errors import Problem
 from morphspec.growth.graph import ChannelSpace, SpaceGraph
+from morphspec.growth.kinds import rule_of
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["Lift", "check_lifts", "lift_consume", "lift_produce"]
-
-_NORMS = ("layernorm", "rmsnorm")
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,12 @@ class Lift:
 
 def leaf_list(root: Node) -> list[Node]:
     """The layers of `root` in execution order (containers left out)."""
-    return [n for n in root.walk() if n.kind not in ("sequential", "repeat", "residual")]
+    return [n for n in root.walk() if not n.is_container]
+
+
+def _fill(norm: Node) -> Literal["mean", "zero"] | None:
+    rule = rule_of(norm.kind)
+    return rule.fill_lift if rule is not None else None
 
 
 def _choose(teacher: Arch, student: Arch, space: ChannelSpace, a: int) -> Lift | Problem:
@@ -84,8 +88,9 @@ def _choose(teacher: Arch, student: Arch, space: ChannelSpace, a: int) -> Lift |
         math.isclose(n.args["eps"], teacher.node(n.path).args["eps"] * a / n2, rel_tol=1e-9)
         for n in old
     )
-    if scaled and len(kinds) == 1:
-        return Lift("zero" if kinds == {"rmsnorm"} else "mean", a, n2)
+    fill = _fill(norms[0]) if len(kinds) == 1 else None
+    if scaled and fill is not None:
+        return Lift(fill, a, n2)
     if same and n2 % a == 0:
         return Lift("duplicate", a, n2)
     norm = norms[0]
@@ -95,15 +100,17 @@ def _choose(teacher: Arch, student: Arch, space: ChannelSpace, a: int) -> Lift |
         if n2 % a
         else f"keep each eps ({eps:g}) for duplication (x -> [x, x])"
     )
-    fill = (
+    lift = (
         f", or set every norm's eps to eps·{a}/{n2} ({eps * a / n2:g} here) for the"
-        f" {'zero' if norm.kind == 'rmsnorm' else 'mean'}-fill lift"
-        if len(kinds) == 1
-        else " (a space with both layernorm and rmsnorm has no fill lift)"
+        f" {fill}-fill lift"
+        if fill is not None
+        else f" (a space with both {' and '.join(sorted(kinds))} has no fill lift)"
+        if len(kinds) > 1
+        else f" ({norm.kind} has no fill lift)"
     )
     return Problem(
         f"channel space '{space.label}' ({a} -> {n2} channels) passes through {norm.kind}"
-        f" '{norm.path}', whose statistics mix channels, and no exact lift fits: {why}{fill}",
+        f" '{norm.path}', whose statistics mix channels, and no exact lift fits: {why}{lift}",
         norm.mark,
     )
 
@@ -129,9 +136,10 @@ def check_lifts(
                 scaled[student.node(path).key("weight")] = math.sqrt(space.size / a)
     order = leaf_list(student.root)
     for i, head in enumerate(order):
-        if head.kind != "linear" or not head.args.get("tie") or not exact:
+        tie = head.shared_weight()
+        if tie is None or not exact:
             continue
-        emb = student.node(head.args["tie"])
+        emb = student.node(tie)
         sid = next(sp.id for r, sp in graph.roles(emb.key("weight")) if r.kind == "producer")
         reads = graph.input_space[head.path]
         grows = {s for s in (sid, reads) if graph.spaces[s].size > sizes[s]}
@@ -151,7 +159,8 @@ def check_lifts(
         if lifts[sid].kind != "duplicate":
             continue  # the head reads new channels that are 0: any columns will do
         before = order[i - 1] if i else None
-        if before is None or before.kind not in _NORMS or not before.params:
+        norm = rule_of(before.kind) if before is not None else None
+        if before is None or norm is None or not norm.mixes_channels or not before.params:
             problems.append(Problem(
                 f"'{head.path}' is tied to '{emb.path}', whose columns the duplication lift"
                 " repeats, so the head would read k·E·y; a layernorm or rmsnorm with a gain"

@@ -222,21 +222,10 @@ def _steps_problems(fam: Family, facts: Facts, unit: Node, old: int, new: int,
             " reports the deviation",
             unit.mark,
         )]  # fmt: skip
-    if fam.exact and unit.kind == "leapfrog":
-        return [Problem(
-            f"{where}: a leapfrog step with zero force maps (U[j-1], U[j]) to"
-            " (U[j], 2U[j] - U[j-1]), an extrapolation, so appended steps cannot start as the"
-            " identity and no exact deepening exists; use --family ode-refine (halve h,"
-            " double the steps), which reports the deviation",
-            unit.mark,
-        )]  # fmt: skip
-    if fam.exact and unit.kind == "midpoint" and (new - old) % 2:
-        return [Problem(
-            f"{where}: a midpoint step with zero force swaps (U[j-1], U[j]) to"
-            f" (U[j], U[j-1]), so only an even number of appended steps gives the output back;"
-            f" append {new - old - 1} or {new - old + 1} steps",
-            unit.mark,
-        )]  # fmt: skip
+    appended = rule_of(unit.kind)
+    why = appended.appended_steps if appended is not None and fam.exact else None
+    if why is not None and (text := why(old, new)) is not None:
+        return [Problem(f"{where}: {text}", unit.mark)]
     if fam.exact:
         for key, shape in unit.params.items():
             step, _, _ = key.partition(".")

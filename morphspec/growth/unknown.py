@@ -11,7 +11,7 @@ from __future__ import annotations
 from morphspec.arch.nodes import Arch
 from morphspec.errors import Problem
 from morphspec.growth.graph import SpaceGraph
-from morphspec.growth.groups import GROUPED_KINDS
+from morphspec.growth.groups import is_grouped
 from morphspec.growth.kinds import rule_of
 
 __all__ = ["unfilled_layouts", "unknown_kinds", "unruled_dims"]
@@ -64,7 +64,7 @@ def unruled_dims(
 
 FILLED = ("append", "segments")
 """Layouts the families fill (segments and ties: growth/segments.py; `groups` of the kinds
-in GROUPED_KINDS: growth/groups.py)."""
+whose rule is `grouped`: growth/groups.py)."""
 
 
 def unfilled_layouts(student: Arch, graph: SpaceGraph, sizes: dict[int, int]) -> list[Problem]:
@@ -75,7 +75,7 @@ def unfilled_layouts(student: Arch, graph: SpaceGraph, sizes: dict[int, int]) ->
             continue
         for role in space.roles:
             node = student.node(role.node)
-            grouped = role.layout.kind == "groups" and node.kind in GROUPED_KINDS
+            grouped = role.layout.kind == "groups" and is_grouped(node)
             if role.layout.kind in FILLED or grouped:
                 continue
             what = role.layout.describe()

@@ -2,7 +2,9 @@
 
 Bare words (`relu`) and single-key layers (`conv: {...}`) are normalised to `{op: ...}`
 by `spec.normalize` before validation, so one discriminated union describes every layer
-and the JSON Schema says exactly what the loader accepts. Unknown `op` values fall through
+and the JSON Schema says exactly what the loader accepts. The union is derived from the
+kind registry (`morphspec.kinds`): each kind's record names its model, and registering a
+kind rebuilds the models that hold layers. Unknown `op` values fall through
 to `BlockCall`; the loader then checks them against `blocks:` and suggests the closest kind.
 No torch here: `morph validate` stays fast.
 """
@@ -16,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    GetCoreSchemaHandler,
     PrivateAttr,
     StrictFloat,
     StrictInt,
@@ -26,14 +29,16 @@ from pydantic import (
 )
 
 from morphspec.errors import Mark
+from morphspec.kinds import registry
 
-__all__ = [
+__all__ = [  # noqa: F822 (LAYER_KINDS is a live module attribute, see __getattr__)
     "ACTIVATIONS",
     "LAYER_KINDS",
     "BlockCall",
     "BlockDef",
     "InputSpec",
     "Layer",
+    "LayerArgs",
     "Naming",
     "Num",
     "Spec",
@@ -50,12 +55,20 @@ Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "i
 Naming = Literal["morphspec", "hf-gpt2", "hf-llama"]
 
 
-class _Layer(BaseModel):
+class LayerArgs(BaseModel):
+    """The base of every layer kind's spec model: `op` (a Literal of its kind names, in
+    the subclass) and an optional `name`; unknown keys are refused."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str | None = Field(None, description="the layer's name, so its state_dict prefix")
+    op: str
 
 
-class Linear(_Layer):
+_Layer = LayerArgs
+_HOLDING = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+class Linear(LayerArgs):
     op: Literal["linear"]
     out: Num
     bias: bool = True
@@ -66,7 +79,7 @@ class Linear(_Layer):
     )
 
 
-class Conv(_Layer):
+class Conv(LayerArgs):
     op: Literal["conv"]
     out: Num
     kernel: Num
@@ -76,72 +89,72 @@ class Conv(_Layer):
     bias: bool = True
 
 
-class BatchNorm(_Layer):
+class BatchNorm(LayerArgs):
     op: Literal["batchnorm"]
     eps: Num = 1e-5
     momentum: Num = 0.1
 
 
-class LayerNorm(_Layer):
+class LayerNorm(LayerArgs):
     op: Literal["layernorm"]
     eps: Num = 1e-5
     bias: bool = True
 
 
-class RMSNorm(_Layer):
+class RMSNorm(LayerArgs):
     op: Literal["rmsnorm"]
     eps: Num = 1e-5
 
 
-class Act(_Layer):
+class Act(LayerArgs):
     op: Literal["relu", "silu", "tanh", "sigmoid", "identity"]
 
 
-class Gelu(_Layer):
+class Gelu(LayerArgs):
     op: Literal["gelu"]
     approximate: Literal["none", "tanh"] = Field(
         "none", description="'tanh' is GPT-2's gelu_new; 'none' the exact erf form"
     )
 
 
-class LeakyRelu(_Layer):
+class LeakyRelu(LayerArgs):
     op: Literal["leaky_relu"]
     slope: Num = 0.01
 
 
-class Pool(_Layer):
+class Pool(LayerArgs):
     op: Literal["maxpool", "avgpool"]
     kernel: Num
     stride: Num | None = None
     padding: Num = 0
 
 
-class Reshape(_Layer):
+class Reshape(LayerArgs):
     op: Literal["global_avgpool", "flatten"]
 
 
-class Dropout(_Layer):
+class Dropout(LayerArgs):
     op: Literal["dropout"]
     p: Num = 0.5
 
 
-class ChannelPad(_Layer):
+class ChannelPad(LayerArgs):
     op: Literal["channel_pad"]
     out: Num = Field(description="output channels, at least the input's; zeros fill the new ones")
 
 
-class Embedding(_Layer):
+class Embedding(LayerArgs):
     op: Literal["embedding"]
     vocab: Num
     dim: Num
 
 
-class PositionEmbedding(_Layer):
+class PositionEmbedding(LayerArgs):
     op: Literal["position_embedding"]
     max_len: Num
 
 
-class Attention(_Layer):
+class Attention(LayerArgs):
     op: Literal["attention"]
     heads: Num
     head_dim: Num
@@ -152,7 +165,7 @@ class Attention(_Layer):
     rope_theta: Num = Field(10000, description="the rotary base (Llama's rope_theta)")
 
 
-class Mlp(_Layer):
+class Mlp(LayerArgs):
     op: Literal["mlp"]
     hidden: Num
     act: Activation | dict[Activation, dict[str, Num]] = Field(
@@ -172,13 +185,14 @@ class Mlp(_Layer):
         return act
 
 
-class Sequential(_Layer):
+class Sequential(LayerArgs):
+    model_config = _HOLDING
     op: Literal["sequential"]
     body: list[Layer]
 
 
 class Shortcut(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _HOLDING
     name: str = "shortcut"
     when: Literal["mismatch", "always"] = "mismatch"
     body: list[Layer] | None = Field(
@@ -186,14 +200,16 @@ class Shortcut(BaseModel):
     )
 
 
-class Residual(_Layer):
+class Residual(LayerArgs):
+    model_config = _HOLDING
     op: Literal["residual"]
     body: list[Layer]
     shortcut: Shortcut | None = None
     post: Layer | list[Layer] | None = None
 
 
-class Repeat(_Layer):
+class Repeat(LayerArgs):
+    model_config = _HOLDING
     op: Literal["repeat"]
     times: Num
     body: list[Layer] | None = None
@@ -212,7 +228,7 @@ class Repeat(_Layer):
         return self
 
 
-class Reversible(_Layer):
+class Reversible(LayerArgs):
     op: Literal["hamiltonian", "midpoint", "leapfrog"]
     steps: Num
     hidden: Num
@@ -230,56 +246,39 @@ class BlockCall(BaseModel):
     name: str | None = None
 
 
-_KINDS: dict[str, type[BaseModel]] = {}
-for _model in (Linear, Conv, BatchNorm, LayerNorm, RMSNorm, Act, Gelu, LeakyRelu, Pool, Reshape,
-               Dropout, ChannelPad, Embedding, PositionEmbedding, Attention, Mlp, Sequential,
-               Residual, Repeat, Reversible):  # fmt: skip
-    for _kind in _model.model_fields["op"].annotation.__args__:  # type: ignore[union-attr]
-        _KINDS[_kind] = _model
-LAYER_KINDS: tuple[str, ...] = tuple(_KINDS)
-
-
 def model_for(kind: str) -> type[BaseModel]:
-    return _KINDS.get(kind, BlockCall)
+    """The spec model of kind `kind` (its record's), BlockCall for any other name."""
+    record = registry.get(kind)
+    return record.model if record is not None else BlockCall
 
 
 def _tag(value: Any) -> str:
     op = value.get("op") if isinstance(value, dict) else getattr(value, "op", None)
-    return _KINDS[op].__name__ if op in _KINDS else "BlockCall"
+    record = registry.get(op) if isinstance(op, str) else None
+    return record.model.__name__ if record is not None else "BlockCall"
 
 
-Layer = Annotated[
-    Union[  # noqa: UP007 (forward references need typing.Union)
-        Annotated[Linear, Tag("Linear")],
-        Annotated[Conv, Tag("Conv")],
-        Annotated[BatchNorm, Tag("BatchNorm")],
-        Annotated[LayerNorm, Tag("LayerNorm")],
-        Annotated[RMSNorm, Tag("RMSNorm")],
-        Annotated[Act, Tag("Act")],
-        Annotated[Gelu, Tag("Gelu")],
-        Annotated[LeakyRelu, Tag("LeakyRelu")],
-        Annotated[Pool, Tag("Pool")],
-        Annotated[Reshape, Tag("Reshape")],
-        Annotated[Dropout, Tag("Dropout")],
-        Annotated[ChannelPad, Tag("ChannelPad")],
-        Annotated[Embedding, Tag("Embedding")],
-        Annotated[PositionEmbedding, Tag("PositionEmbedding")],
-        Annotated[Attention, Tag("Attention")],
-        Annotated[Mlp, Tag("Mlp")],
-        Annotated[Sequential, Tag("Sequential")],
-        Annotated[Residual, Tag("Residual")],
-        Annotated[Repeat, Tag("Repeat")],
-        Annotated[Reversible, Tag("Reversible")],
-        Annotated[BlockCall, Tag("BlockCall")],
-    ],
-    Discriminator(_tag),
-]
+class _RegisteredLayers:
+    """Pydantic metadata: the union of every registered kind's model and BlockCall, tagged
+    by class name, rebuilt from the kind registry whenever a kind is added (`_rebuild`)."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        models: list[type[BaseModel]] = [
+            *dict.fromkeys(k.model for k in registry.all_kinds()),
+            BlockCall,
+        ]
+        choices = tuple(Annotated[model, Tag(model.__name__)] for model in models)
+        return handler.generate_schema(Annotated[Union[choices], Discriminator(_tag)])  # noqa: UP007
+
+
+Layer = Annotated[LayerArgs | BlockCall, _RegisteredLayers()]
+"""A layer of a spec: any registered kind's model, or a use of a template."""
 
 
 class BlockDef(BaseModel):
     """A template: `args` (value `required` for no default) and the layer it stands for."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _HOLDING
     args: dict[str, Num | bool] = Field(default_factory=dict)
     description: str = ""
     layer: Layer
@@ -294,7 +293,7 @@ class InputSpec(BaseModel):
 
 
 class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _HOLDING
     morphspec: Literal[1] = Field(description="format version")
     name: str
     description: str = ""
@@ -340,6 +339,24 @@ class Spec(BaseModel):
         return self.model_dump_json(exclude={"extends"}, exclude_defaults=False)
 
 
-_MODELS: tuple[type[BaseModel], ...] = (*_KINDS.values(), BlockDef, Shortcut, Spec)
-for _m in _MODELS:
-    _m.model_rebuild()
+_HOLDERS: tuple[type[BaseModel], ...] = (Sequential, Residual, Repeat, Shortcut, BlockDef, Spec)
+"""The models that hold layers, so whose validators change when a kind is registered."""
+
+
+def _rebuild() -> None:
+    """Rebuild the layer holders' validators from the registry, all at once: a holder's
+    cached schema embeds the others', so each is dropped before any is rebuilt."""
+    for model in _HOLDERS:
+        if "__pydantic_core_schema__" in model.__dict__:
+            delattr(model, "__pydantic_core_schema__")
+    for model in _HOLDERS:
+        model.model_rebuild(force=True)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LAYER_KINDS":  # live: plugins may add kinds after import
+        return registry.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+registry.subscribe(_rebuild)  # the built-ins need none: holders build on first use

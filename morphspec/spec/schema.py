@@ -30,14 +30,17 @@ _REF = "#/definitions/{model}"
 _LAYER = {"$ref": "#/definitions/Layer"}
 _LAYER_LIST = {"type": "array", "items": _LAYER}
 _PLACEHOLDER = {"x-morphspec-layer": True}
-_LAYER_TAGS = frozenset({"BlockCall", *(m.model_for(k).__name__ for k in m.LAYER_KINDS)})
+
+
+def _layer_tags() -> frozenset[str]:
+    return frozenset({"BlockCall", *(m.model_for(k).__name__ for k in m.LAYER_KINDS)})
 
 
 class _Generator(GenerateJsonSchema):
     """Pydantic's generator, with the layer union replaced by a reference to `Layer`."""
 
     def tagged_union_schema(self, schema: core_schema.TaggedUnionSchema) -> JsonSchemaValue:
-        if set(schema["choices"]) == _LAYER_TAGS:
+        if set(schema["choices"]) == _layer_tags():
             return dict(_PLACEHOLDER)  # pydantic checks every "$ref"; swapped in afterwards
         return super().tagged_union_schema(schema)
 

@@ -80,7 +80,7 @@ PointsFn = Callable[[Node, list[list[Item]]], Iterator[Item]]
 def _stream(node: Node, nested: list[list[Item]]) -> Iterator[Item]:
     """The blocks of `node` in forward order, None where the data passes something else;
     streams inside a block (a residual inside a residual's body) are appended to `nested`."""
-    if node.container == "chain":
+    if node.is_chain:
         for child in node.children:
             yield from _stream(child, nested)
     elif node.container in POINTS:
@@ -174,8 +174,7 @@ def _under(path: str, prefix: str) -> bool:
 
 def _appends_copies(node: Node) -> bool:
     """A container whose copies growth can append (a repeat: its rule grows `times`)."""
-    rule = rule_of(node.kind)
-    return node.is_container and rule is not None and "times" in rule.grows
+    return node.container == "copies"
 
 
 def _innermost_repeat(arch: Arch, paths: list[str]) -> Node | None:

@@ -88,12 +88,18 @@ class Node:
         return {n.key(k): s for n in self.walk() for k, s in n.params.items()}
 
     @property
+    def is_chain(self) -> bool:
+        """Runs its children in order (a sequential or a repeat)."""
+        return self.container in ("chain", "copies")
+
+    @property
     def is_container(self) -> bool:
         return self.container is not None
 
     @property
-    def container(self) -> Literal["chain", "residual"] | None:
-        """`chain` (children run in order), `residual`, or None for a leaf (kind record)."""
+    def container(self) -> Literal["chain", "copies", "residual"] | None:
+        """`chain` (children run in order), `copies` (a chain of numbered copies),
+        `residual`, or None for a leaf: its kind record's `container`."""
         record = registry.get(self.kind)
         return record.container if record is not None else None
 

@@ -41,13 +41,13 @@ def _pair(t: Node, s: Node, out: Alignment) -> None:
     out.pairs.append((t, s))
     if t.kind != s.kind:
         return
-    if t.kind == "repeat":
+    if t.container == "copies":
         for tc, sc in zip(t.children, s.children, strict=False):
             _pair(tc, sc, out)
         return
-    if t.kind in ("sequential", "residual"):
+    if t.container in ("chain", "residual"):
         _list(t.children, s.children, out)
-    if t.kind == "residual":
+    if t.container == "residual":
         if t.shortcut is not None and s.shortcut is not None:
             _pair(t.shortcut, s.shortcut, out)
         _list(t.post, s.post, out)

@@ -146,11 +146,11 @@ class _Builder:
         kind = node.kind
         self.input_nonneg[node.path] = self.nonneg.get(edge, False)
         self.input_edge[node.path] = edge
-        if kind in ("sequential", "repeat"):
+        if node.is_chain:
             for child in node.children:
                 edge, mult = self.walk(child, edge, mult)
             return edge, mult
-        if kind == "residual":
+        if node.container == "residual":
             return self.residual(node, edge, mult)
         nonneg = self.nonneg.get(edge, False)
         rule = rule_of(kind)

@@ -210,12 +210,12 @@ def diff(teacher: Arch, student: Arch) -> Plan:
             ops.append(steps)
             skip.add("h")
         problems.extend(_compare_args(t, s, skip=skip))
-        if t.kind == "repeat" and s.args["times"] > t.args["times"]:
+        if t.container == "copies" and s.args["times"] > t.args["times"]:
             blocks = tuple(c.path for c in s.children[t.args["times"] :])
             ops.append(InsertBlocks(path, t.args["times"], s.args["times"], blocks))
             for b in blocks:
                 new_blocks[b] = t.args["times"] - 1
-        if t.kind == "residual":
+        if t.container == "residual":
             if t.shortcut is None and s.shortcut is not None:
                 ops.append(AddProjection(path, s.shortcut.path))
                 projections[s.shortcut.path] = path

@@ -48,6 +48,6 @@ _leaf("attention", m.Attention, S._attention, "attention")
 _leaf("mlp", m.Mlp, S._mlp, "mlp")
 _container("sequential", m.Sequential, "chain", "sequence")
 _container("residual", m.Residual, "residual", "residual")
-_container("repeat", m.Repeat, "chain", "sequence")
+_container("repeat", m.Repeat, "copies", "sequence")
 for _kind in ("hamiltonian", "midpoint", "leapfrog"):
     _leaf(_kind, m.Reversible, S._reversible(_kind), "reversible")

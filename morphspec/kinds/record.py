@@ -37,7 +37,7 @@ class ShapeError(ValueError):
 # (args, input TensorShape) -> (output TensorShape, parameter shapes, FLOPs). arch.nodes
 # imports this package, so the shapes are Any here rather than an import cycle.
 ShapeRule = Callable[[dict[str, Any], Any], tuple[Any, dict[str, tuple[int, ...]], int]]
-Container = Literal["chain", "residual"]
+Container = Literal["chain", "copies", "residual"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,9 @@ class Kind:
     """`"module:attr"`; `attr(node)` returns the torch module of a resolved node."""
     growth: KindRule | None = None
     container: Container | None = None
-    """`chain`: runs its children in order (sequential, repeat); `residual`: body + shortcut."""
+    """How a container holds layers: `chain` runs its children in order (sequential);
+    `copies` too, the children being numbered copies that growth may append (repeat);
+    `residual`: a body, a shortcut and `post`. None for a leaf."""
     real_args: frozenset[str] = frozenset()
     """Args resolved as real numbers (others that are numbers are counts)."""
     shares: str = ""

@@ -66,15 +66,15 @@ def channel_view(x: torch.Tensor, dim: int, mult: int) -> tuple[torch.Tensor, in
 def leaves(nodes: tuple[Node, ...]) -> list[Node]:
     out: list[Node] = []
     for n in nodes:
-        out.extend(leaves(n.children) if n.kind in ("sequential", "repeat") else [n])
+        out.extend(leaves(n.children) if n.is_chain else [n])
     return out
 
 
 def units_of(node: Node) -> list[Node]:
     """A new repeat copy as the blocks it is made of: a `body:` repeat wraps each copy's
     layers in a sequential, so a copy of `[residual]` is that one residual."""
-    if node.kind == "sequential" and node.children:
+    if node.container == "chain" and node.children:
         units = [unit for child in node.children for unit in units_of(child)]
-        if all(u.kind == "residual" for u in units):
+        if all(u.container == "residual" for u in units):
             return units
     return [node]

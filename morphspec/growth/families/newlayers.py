@@ -31,7 +31,7 @@ class NewLayers:
         """New residual blocks follow the residual rule (every exact family); other new
         layers start as identities (Net2DeeperNet) or follow the family's own rule."""
         units = [u for n in nodes for u in units_of(n)]
-        if self.exact and all(u.kind == "residual" for u in units):
+        if self.exact and all(u.container == "residual" for u in units):
             return [p for u in units for p in self.check_residual_block(u, facts)]
         if self.identity_deepen:
             return self._check_identity_run(label, nodes, facts)
@@ -64,7 +64,8 @@ class NewLayers:
         problems: list[Problem] = []
         nonneg = self.plan.graph.input_nonneg.get(node.path, False)
         for post in node.post:
-            if post.kind == "residual":  # a nested block (gpt_mini's ffn): it starts at zero too
+            # a nested block (gpt_mini's ffn): it starts at zero too
+            if post.container == "residual":
                 problems.extend(self.check_residual_block(post, facts))
                 continue
             rule = rule_of(post.kind)
@@ -150,7 +151,7 @@ class NewLayers:
         """Net2DeeperNet: every new layer starts as the identity, so each activation among
         them sees what entered the first one, and must be idempotent on it."""
         for node in nodes:
-            if node.kind == "residual":
+            if node.container == "residual":
                 return [Problem(
                     f"{where}: '{node.path}' is a residual: identity layers inside it would"
                     f" double the stream (x + x); {self.name} deepens plain blocks, use"

@@ -4,6 +4,8 @@ reason where its conditions fail, and randpad's deviation reported (issue 4)."""
 from __future__ import annotations
 
 import math
+import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,10 @@ import morphspec
 from morphspec.cli.app import app
 from morphspec.convert import ConvertResult, convert
 from morphspec.errors import PlanRefused
+from morphspec.growth.catalog import CATALOG
+from morphspec.growth.conditions import FAMILY_CONDITIONS
+from morphspec.growth.families import FAMILIES
+from morphspec.growth.options import GrowOptions
 from morphspec.verify import compare, sample_inputs
 
 SPECS = Path(__file__).resolve().parents[1] / "examples" / "specs"
@@ -216,6 +222,28 @@ def test_families_command_prints_the_matrix() -> None:
     assert set(doc["families"]) == {"r2r", "net2net", "netmorph", "randpad", "ode-refine"}
     assert doc["families"]["net2net"]["preserves_parameters"] is False
     assert doc["families"]["netmorph"]["kernel_morph"] is True
+
+
+def test_families_command_shows_every_word_at_80_columns() -> None:
+    """No cell is cut ("activatio…"): each condition's every word is printed."""
+    result = CliRunner().invoke(app, ["families"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in result.stdout
+    words = set(re.findall(r"\S+", result.stdout.replace("│", " ")))
+    for name, info in CATALOG.items():
+        assert name in result.stdout
+        for value in info.conditions.to_json().values():
+            if isinstance(value, str):
+                missing = [w for w in value.split() if w not in words]
+                assert not missing, (name, missing)
+
+
+def test_every_family_list_derives_from_the_catalog() -> None:
+    assert list(FAMILIES) == list(CATALOG) == list(FAMILY_CONDITIONS)
+    assert typing.get_args(typing.get_type_hints(GrowOptions)["family"]) == tuple(CATALOG)
+    for name, info in CATALOG.items():
+        assert FAMILIES[name].name == name and FAMILIES[name].exact == info.exact
 
 
 INSERT_TEACHER = """morphspec: 1

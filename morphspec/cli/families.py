@@ -1,12 +1,17 @@
-"""`morph families`: each growth family's conditions, like the R2R paper's Table 1."""
+"""`morph families`: each growth family's conditions, like the R2R paper's Table 1.
+
+One block per family (a row per condition, the value wrapped), so every word shows in an
+80-column terminal; `--json` has the same records.
+"""
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.table import Table
 
 from morphspec.cli.options import JsonOpt
 from morphspec.cli.output import Output
-from morphspec.growth.conditions import FAMILY_CONDITIONS, Conditions
+from morphspec.growth.catalog import CATALOG, Conditions
 
 __all__ = ["EXAMPLES", "families"]
 
@@ -16,20 +21,21 @@ EXAMPLES = """\
 
 
 def families(as_json: JsonOpt = False) -> None:
-    """Print what each family (r2r, net2net, netmorph, randpad, ode-refine) needs of a
-    network and what it guarantees; `morph convert` checks these before it touches a tensor."""
+    """Print what each growth family needs of a network and what it guarantees; `morph
+    convert` checks these before it touches a tensor."""
     out = Output(as_json)
-    table = Table(title="growth families", title_justify="left", show_lines=True)
-    table.add_column("")
-    names = list(FAMILY_CONDITIONS)
-    for name in names:
-        table.add_column(name)
-    for field in Conditions.__dataclass_fields__:
-        if field == "family":
-            continue
-        cells = [_cell(getattr(FAMILY_CONDITIONS[n], field)) for n in names]
-        table.add_row(field.replace("_", " "), *cells)
-    out.result({"families": {n: c.to_json() for n, c in FAMILY_CONDITIONS.items()}}, table)
+    tables = []
+    for name, info in CATALOG.items():
+        title = f"{name} ({'exact' if info.exact else 'not function-preserving'})"
+        table = Table(title=title, title_justify="left", show_header=False, expand=False)
+        table.add_column("condition", no_wrap=True, style="bold")
+        table.add_column("value", overflow="fold")
+        for field in Conditions.__dataclass_fields__:
+            if field != "family":
+                table.add_row(field.replace("_", " "), _cell(getattr(info.conditions, field)))
+        tables.append(table)
+    doc = {"families": {n: info.conditions.to_json() for n, info in CATALOG.items()}}
+    out.result(doc, Group(*tables))
 
 
 def _cell(value: object) -> str:

@@ -8,9 +8,10 @@ here (plus the code that reads it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from morphspec.defaults import DEFAULT_RTOL, DEFAULT_SAMPLES
+from morphspec.growth.catalog import FAMILY_NAMES
 
 __all__ = [
     "FamilyName",
@@ -22,7 +23,10 @@ __all__ = [
     "option_infos",
 ]
 
-FamilyName = Literal["r2r", "net2net", "netmorph", "randpad", "ode-refine"]
+if TYPE_CHECKING:
+    FamilyName = str
+else:  # the --family choices: every family of the catalog
+    FamilyName = Literal[FAMILY_NAMES]
 InitMode = Literal["match", "he"]
 NetmorphZero = Literal["out", "in"]
 NewBlocks = Literal["fresh", "copy"]

@@ -47,6 +47,7 @@ import torch
 
 from morphspec.arch.nodes import Node
 from morphspec.errors import Problem
+from morphspec.growth.catalog import FamilyInfo
 from morphspec.growth.graph import ChannelSpace, Role
 from morphspec.growth.init import generator
 from morphspec.growth.kinds import rule_of
@@ -54,8 +55,6 @@ from morphspec.growth.options import GrowOptions
 from morphspec.growth.plan import Plan
 
 __all__ = ["SegmentFacts", "check", "finish", "rule"]
-
-ODE_REFINE = "ode-refine"
 
 
 @dataclass
@@ -91,6 +90,7 @@ class Family(Protocol):
     ties: ClassVar[Literal["zero", "random", "refuse"]]
     plan: Plan
     options: GrowOptions
+    info: FamilyInfo
     shapes: Mapping[str, tuple[int, ...]]
 
     @property
@@ -203,10 +203,10 @@ def _steps_problems(fam: Family, facts: Facts, unit: Node, old: int, new: int,
                     refines: bool) -> list[Problem]:  # fmt: skip
     seg = facts.segments
     where = f"'{unit.path}' ({unit.kind}, steps {old} -> {new})"
-    if fam.name == ODE_REFINE:
+    if fam.info.refines_steps:
         if not refines:
             return [Problem(
-                f"{where}: ode-refine refines the same time span, halving h as it doubles the"
+                f"{where}: {fam.name} refines the same time span, halving h as it doubles the"
                 f" steps; set h to {unit.args['h'] * old / new:g}",
                 unit.mark,
             )]  # fmt: skip

@@ -6,23 +6,14 @@ from collections.abc import Callable
 
 import torch
 
+from morphspec.growth.catalog import CATALOG
 from morphspec.growth.families.base import Family, GrowOptions, RescaleMode
-from morphspec.growth.families.net2net import Net2Net
-from morphspec.growth.families.netmorph import NetMorph
-from morphspec.growth.families.ode_refine import OdeRefine
-from morphspec.growth.families.r2r import R2R
-from morphspec.growth.families.randpad import RandPad
 from morphspec.growth.plan import Plan
 
 __all__ = ["FAMILIES", "Family", "GrowOptions", "RescaleMode", "make_family"]
 
-FAMILIES: dict[str, type[Family]] = {
-    "r2r": R2R,
-    "net2net": Net2Net,
-    "netmorph": NetMorph,
-    "randpad": RandPad,
-    "ode-refine": OdeRefine,
-}
+FAMILIES: dict[str, type[Family]] = {name: info.load() for name, info in CATALOG.items()}
+"""Each family's class, from its record in growth/catalog.py."""
 
 
 def make_family(

@@ -26,7 +26,7 @@ import torch
 from morphspec.arch.nodes import Node
 from morphspec.errors import PlanRefused, Problem
 from morphspec.growth import segments
-from morphspec.growth.conditions import FAMILY_CONDITIONS, Conditions
+from morphspec.growth.catalog import CATALOG, Conditions, FamilyInfo
 from morphspec.growth.families.facts import Facts, channel_view, rule_or_fail
 from morphspec.growth.families.newlayers import NewLayers
 from morphspec.growth.graph import ChannelSpace, Role
@@ -69,7 +69,8 @@ class Family(NewLayers):
         """`get` reads a teacher tensor by key (rescaling needs the teacher's statistics)."""
         self.plan = plan
         self.options = options or GrowOptions()
-        self.conditions: Conditions = FAMILY_CONDITIONS[self.name]
+        self.info: FamilyInfo = CATALOG[self.name]
+        self.conditions: Conditions = self.info.conditions
         self.shapes = plan.student.state_shapes()
         self.spreads: dict[str, float] = {}
         """std_of of teacher tensors as stored, by key, once filled: an appended block's

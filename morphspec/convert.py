@@ -152,7 +152,9 @@ def convert(
     opts = replace(options or GrowOptions(), **option_values)
     family, seed, rtol, samples = opts.family, opts.seed, opts.rtol, opts.samples
     init, init_scale, noise, rescale = opts.init, opts.init_scale, opts.noise, opts.rescale
-    teacher, student, plan = plan_for(teacher_spec, student_spec, teacher_set, student_set)
+    teacher, student, plan = plan_for(
+        teacher_spec, student_spec, teacher_set, student_set, interleave=opts.interleave
+    )
     limit = parse_size(max_shard_size) if max_shard_size is not None else None
     out = Path(output) if output is not None else default_output(student_spec, student)
     if limit is not None and output is None:

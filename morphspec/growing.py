@@ -53,8 +53,6 @@ def prepare(plan: Plan, source: TensorSource, options: GrowOptions, teacher_labe
     if options.family not in FAMILIES:
         raise MorphError(f"unknown family '{options.family}'{closest(options.family, FAMILIES)}")
     check_keys(source, plan.teacher.state_shapes(), teacher_label)
-    if options.interleave and not plan.renames:
-        interleave(plan)
     return make_family(options.family, plan, options, source.get)
 
 
@@ -124,6 +122,8 @@ def grow(
     seed, rtol, samples = opts.seed, opts.rtol, opts.samples
     t_arch = _arch(teacher_spec, teacher_set)
     plan = diff(t_arch, _arch(student_spec, student_set))
+    if opts.interleave:
+        plan = interleave(plan)
     grower = prepare(plan, source, opts, _label(teacher_spec, t_arch))
     tensors = ((k, source.get(k, copy=False)) for k in state)
     check_finite_tensors(tensors, Mark(source.path))

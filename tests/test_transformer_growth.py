@@ -6,6 +6,7 @@ every refusal names its reason and YAML place."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -332,6 +333,25 @@ def test_interleaved_blocks_are_exact_and_old_blocks_move(tmp_path: Path, family
     assert torch.equal(m[:16], opt.state[model.get_parameter(f"transformer.h.1.{key}")]["exp_avg"])
 
 
+def test_diff_shows_the_interleaved_plan() -> None:
+    """`morph diff --interleave` prints the plan convert would write, moves included."""
+    from typer.testing import CliRunner
+
+    from morphspec.cli.app import app
+
+    specs = Path(__file__).resolve().parent.parent / "examples" / "specs"
+    args = ["diff", str(specs / "gpt_mini.yaml"), str(specs / "gpt_mini.yaml"),
+            "--student-set", "layers=4", "--json"]  # fmt: skip
+    plain = json.loads(CliRunner().invoke(app, args).stdout)
+    assert "interleave_blocks" not in {op["op"] for op in plain["ops"]}
+    result = CliRunner().invoke(app, [*args, "--interleave"])
+    assert result.exit_code == 0, result.stdout
+    (moves,) = [op for op in json.loads(result.stdout)["ops"] if op["op"] == "interleave_blocks"]
+    assert moves["repeat"] == "transformer.h"
+    table = CliRunner().invoke(app, [*args[:-1], "--interleave"], terminal_width=120).stdout
+    assert "interleave" in table and "copies move" in table
+
+
 def test_interleaved_order() -> None:
     from morphspec.growth.interleave import interleaved_order
 
@@ -344,16 +364,11 @@ def test_interleaved_order() -> None:
 def test_interleave_refuses_a_repeat_whose_first_copy_differs(tmp_path: Path) -> None:
     """resnet_cifar18's stages override copy 0 (`first`: stride 2, projection shortcut):
     a new copy cannot take its place."""
-    from morphspec.growing import prepare
-    from morphspec.growth.apply import StateSource
-    from morphspec.growth.families import GrowOptions
     from morphspec.growth.plan import plan_for
 
     specs = Path(__file__).resolve().parent.parent / "examples" / "specs"
-    _, _, plan = plan_for(specs / "resnet_cifar10.yaml", specs / "resnet_cifar18.yaml")
-    state = {k: torch.zeros(s) for k, s in plan.teacher.state_shapes().items()}
     with pytest.raises(PlanRefused, match="copies of repeat 'layer2' differ") as err:
-        prepare(plan, StateSource(state), GrowOptions(interleave=True), "t")
+        plan_for(specs / "resnet_cifar10.yaml", specs / "resnet_cifar18.yaml", interleave=True)
     assert str(err.value.problems[0].mark) == where(
         specs / "resnet_cifar18.yaml", "repeat: {name: layer2"
     )

@@ -8,6 +8,7 @@ from morphspec.cli.growth_options import (
     TeacherArg,
     TeacherSetOpt,
     merge_sets,
+    option_annotation,
     plan_table,
 )  # fmt: skip
 from morphspec.cli.options import JsonOpt, SetOpt
@@ -26,6 +27,7 @@ def diff(
     set_: SetOpt = None,
     teacher_set: TeacherSetOpt = None,
     student_set: StudentSetOpt = None,
+    interleave: option_annotation("interleave") = False,  # type: ignore[valid-type]
     as_json: JsonOpt = False,
 ) -> None:
     """Print the growth plan: which channel spaces widen, which blocks are appended, and the
@@ -34,6 +36,10 @@ def diff(
 
     out = Output(as_json)
     _, _, plan = plan_for(
-        teacher, student, merge_sets(set_, teacher_set), merge_sets(set_, student_set)
+        teacher,
+        student,
+        merge_sets(set_, teacher_set),
+        merge_sets(set_, student_set),
+        interleave=interleave,
     )
     out.result(plan.to_json(), plan_table(plan))

@@ -12,6 +12,8 @@ teacher's blocks' new places), and so does the checkpoint's metadata.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from morphspec.errors import PlanRefused, Problem
 from morphspec.growth.plan import InterleaveBlocks, Plan
 
@@ -35,10 +37,12 @@ def _relative(plan: Plan, path: str) -> dict[str, tuple[int, ...]]:
     return {k[len(path) :]: s for k, s in node.state_shapes().items()}
 
 
-def interleave(plan: Plan) -> None:
-    """Record, in `plan`, the moves that place each repeat's new copies between its old
-    ones; refuse a repeat whose copies differ in their tensors."""
+def interleave(plan: Plan) -> Plan:
+    """`plan` with the moves that place each repeat's new copies between its old ones
+    recorded (an `InterleaveBlocks` op and `renames`); refuse a repeat whose copies differ
+    in their tensors."""
     problems: list[Problem] = []
+    ops, renames = list(plan.ops), dict(plan.renames)
     for op in list(plan.inserts):
         first = _relative(plan, f"{op.repeat}.0")
         if any(_relative(plan, f"{op.repeat}.{i}") != first for i in range(op.new_times)):
@@ -53,7 +57,8 @@ def interleave(plan: Plan) -> None:
             for pos, src in enumerate(interleaved_order(op.old_times, op.new_times))
             if src != pos
         )
-        plan.ops.append(InterleaveBlocks(op.repeat, moves))
-        plan.renames.update(dict(moves))
+        ops.append(InterleaveBlocks(op.repeat, moves))
+        renames.update(dict(moves))
     if problems:
         raise PlanRefused(problems)
+    return replace(plan, ops=ops, renames=renames)

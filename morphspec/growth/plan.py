@@ -44,9 +44,10 @@ __all__ = [
 IGNORED = {"momentum", "memory"}  # training-time only: never change what the network computes
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    """The operations that turn `teacher` into `student`, plus what the families need."""
+    """The operations that turn `teacher` into `student`, plus what the families need.
+    Final once made: `plan_for(..., interleave=True)` returns the interleaved plan."""
 
     teacher: Arch
     student: Arch
@@ -256,11 +257,17 @@ def plan_for(
     student_spec: str | Path,
     teacher_set: SetArg = None,
     student_set: SetArg = None,
+    *,
+    interleave: bool = False,
 ) -> tuple[Arch, Arch, Plan]:
-    """Load and resolve both specs and diff them (no torch: `morph diff` uses it)."""
+    """Load and resolve both specs and diff them, new repeat copies placed between the old
+    ones when `interleave` (no torch: `morph diff` uses it)."""
+    from morphspec.growth.interleave import interleave as interleaved  # it imports this module
+
     teacher = resolve(load_spec(teacher_spec, teacher_set))
     student = resolve(load_spec(student_spec, student_set))
-    return teacher, student, diff(teacher, student)
+    plan = diff(teacher, student)
+    return teacher, student, interleaved(plan) if interleave else plan
 
 
 def _grown_kernel(t: Node, s: Node) -> GrowKernel | None:

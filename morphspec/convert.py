@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +149,7 @@ def convert(
     such as `2GB`) writes a folder of shards at `output` instead of one file. `to_hf` (a
     folder, instead of `output`) writes a Hugging Face folder of the student, whose spec
     must have an HF `naming`; `max_shard_size` then defaults to transformers' 5GB."""
-    opts = replace(options or GrowOptions(), **option_values)
-    family, seed, rtol, samples = opts.family, opts.seed, opts.rtol, opts.samples
-    init, init_scale, noise, rescale = opts.init, opts.init_scale, opts.noise, opts.rescale
+    opts = (options or GrowOptions()).with_values(**option_values)
     teacher, student, plan = plan_for(
         teacher_spec, student_spec, teacher_set, student_set, interleave=opts.interleave
     )
@@ -182,12 +180,7 @@ def convert(
         metadata = make_metadata(
             student.spec.resolved_json(),
             teacher_sha256=_PLACEHOLDER,
-            family=family,
-            rescale=rescale,
-            seed=str(seed),
-            noise=repr(noise),
-            init=init,
-            init_scale=repr(init_scale),
+            **opts.metadata(),
             plan=plan.dumps(),
         )
         entries = student_entries(plan, grower, reader)
@@ -210,12 +203,13 @@ def convert(
             result = None
             if verify:
                 result = verify_checkpoints(
-                    teacher, checkpoint, student, staging, samples, seed, rtol, grower.modes
-                )
+                    teacher, checkpoint, student, staging, opts.samples, opts.seed, opts.rtol,
+                    grower.modes,
+                )  # fmt: skip
                 if not result.passed and grower.exact and not grower.rescaler.inexact:
                     raise NotPreservingError(
                         f"the student does not reproduce the teacher: rel_err {result.rel_err:.3g}"
-                        f" > rtol {rtol:g} (max_abs_err {result.max_abs_err:.3g});"
+                        f" > rtol {opts.rtol:g} (max_abs_err {result.max_abs_err:.3g});"
                         " no output written",
                         Mark(str(student_spec)),
                     )

@@ -10,7 +10,6 @@ it in eval *and* train mode, and maps the optimizer's state onto the student's p
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +117,7 @@ def grow(
     module = teacher if isinstance(teacher, nn.Module) else None
     state = dict(module.state_dict() if module is not None else teacher)  # type: ignore[arg-type]
     source = StateSource(state)
-    opts = dataclasses.replace(options or GrowOptions(), **option_values)
+    opts = (options or GrowOptions()).with_values(**option_values)
     seed, rtol, samples = opts.seed, opts.rtol, opts.samples
     t_arch = _arch(teacher_spec, teacher_set)
     plan = diff(t_arch, _arch(student_spec, student_set))

@@ -16,7 +16,8 @@ PREFIX = "morphspec."
 #: Keys every checkpoint written by morphspec carries.
 FORMAT_KEYS: tuple[str, ...] = ("format", "morphspec.version", "morphspec.spec")
 
-#: Keys a conversion (teacher -> student) adds on top of FORMAT_KEYS.
+#: Keys a conversion (teacher -> student) adds on top of FORMAT_KEYS (and every growth
+#: option under its flat name: `GrowOptions.metadata`).
 CONVERSION_KEYS: tuple[str, ...] = (
     "morphspec.teacher_sha256",
     "morphspec.family",

@@ -5,16 +5,15 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_type_hints
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
 
 from morphspec.growth.graph import ChannelSpace
 from morphspec.growth.kinds import rule_of
-from morphspec.growth.options import GrowOptions, option_infos
+from morphspec.growth.options import option_fields, option_infos, option_types
 from morphspec.growth.plan import (
     AddSteps,
     GrowKernel,
@@ -66,7 +65,7 @@ def _finite(value: float) -> float:
 
 def option_annotation(name: str) -> Any:
     """`Annotated[type, typer.Option(...)]` for the growth option `name`."""
-    return Annotated[get_type_hints(GrowOptions)[name], growth_option(name)]
+    return Annotated[option_types()[name], growth_option(name)]
 
 
 def with_growth_options(after: str) -> Callable[[F], F]:
@@ -80,7 +79,7 @@ def with_growth_options(after: str) -> Callable[[F], F]:
         added = [
             inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
                               annotation=option_annotation(f.name))
-            for f in fields(GrowOptions)
+            for f in option_fields()
         ]  # fmt: skip
         rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[at:]]
         func.__signature__ = sig.replace(parameters=[*params[:at], *added, *rest])  # type: ignore[attr-defined]

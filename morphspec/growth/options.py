@@ -1,14 +1,17 @@
 """The conversion options, declared once: type, default, flag and help (no torch).
 
-`morph convert` builds its flags from these fields (`cli/growth_options.py`) and
-`morphspec.convert.convert` takes the same names as keywords, so a new option is one field
-here (plus the code that reads it).
+`morph convert` builds its flags from these fields (`cli/growth_options.py`),
+`morphspec.convert.convert` takes the same names as keywords, and the student's header
+records every one (`GrowOptions.metadata`), so a new option is one field here (plus the
+code that reads it). Verification's options are a nested group (`GrowOptions.verify`);
+they keep flat names on the command line, as keywords and in the header.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Literal
+import json
+from dataclasses import Field, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 
 from morphspec.defaults import DEFAULT_RTOL, DEFAULT_SAMPLES
 from morphspec.growth.catalog import FAMILY_NAMES
@@ -20,7 +23,10 @@ __all__ = [
     "NetmorphZero",
     "OptionInfo",
     "RescaleMode",
+    "VerifyOptions",
+    "option_fields",
     "option_infos",
+    "option_types",
 ]
 
 if TYPE_CHECKING:
@@ -118,6 +124,39 @@ class GrowOptions:
             "Place new repeat copies between the old ones (LLaMA-Pro); the plan records moves.",
         ),
     )
+    verify: VerifyOptions = field(default_factory=lambda: VerifyOptions())
+    """How the student is checked against the teacher (nested: a group of its own)."""
+
+    def with_values(self, **values: Any) -> GrowOptions:
+        """A copy with options changed by their flat names (`rtol` sets `verify.rtol`);
+        an unknown name is a TypeError, as for a keyword argument."""
+        nested = {n for n in values if n in _VERIFY_NAMES}
+        verify = replace(self.verify, **{n: values[n] for n in nested})
+        return replace(self, verify=verify, **{n: v for n, v in values.items() if n not in nested})
+
+    def flat(self) -> dict[str, Any]:
+        """Every option by its flat name, in declaration order."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "verify"}
+        return {**out, **{f.name: getattr(self.verify, f.name) for f in fields(self.verify)}}
+
+    def metadata(self) -> dict[str, str]:
+        """Every option as checkpoint header text: strings as they are, numbers and
+        booleans as JSON. So a new option is recorded without touching the writer."""
+        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.flat().items()}
+
+    @property
+    def rtol(self) -> float:
+        return self.verify.rtol
+
+    @property
+    def samples(self) -> int:
+        return self.verify.samples
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyOptions:
+    """How a grown student is verified against its teacher."""
+
     rtol: float = field(
         default=DEFAULT_RTOL,
         metadata=_cli("--rtol", "Pass when max|s-t| / max|t| is at most this.", min=0.0),
@@ -128,6 +167,20 @@ class GrowOptions:
     )
 
 
+_VERIFY_NAMES = frozenset(f.name for f in fields(VerifyOptions))
+
+
+def option_fields() -> list[Field[Any]]:
+    """Every option's dataclass field, nested groups flattened, in declaration order."""
+    top = [f for f in fields(GrowOptions) if f.name != "verify"]
+    return [*top, *fields(VerifyOptions)]
+
+
+def option_types() -> dict[str, Any]:
+    """Every option's type by flat name (for the command line)."""
+    return {**get_type_hints(GrowOptions), **get_type_hints(VerifyOptions)}
+
+
 def option_infos() -> dict[str, OptionInfo]:
     """Each option's name and how it reads on the command line, in declaration order."""
-    return {f.name: f.metadata["cli"] for f in fields(GrowOptions)}
+    return {f.name: f.metadata["cli"] for f in option_fields()}

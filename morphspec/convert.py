@@ -74,6 +74,7 @@ class ConvertResult:
             "rescale": [asdict(s) for s in self.family.rescaler.scales],
             "warnings": self.warnings,
             "plan": self.plan.to_json(),
+            "rows": [row.to_json() for row in self.plan.describe(self.family.name)],
             "output": str(self.output),
             "written": self.written,
             "verification": self.verification.to_json() if self.verification else None,

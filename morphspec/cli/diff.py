@@ -9,6 +9,7 @@ from morphspec.cli.growth_options import (
     TeacherSetOpt,
     merge_sets,
     option_annotation,
+    plan_json,
     plan_table,
 )  # fmt: skip
 from morphspec.cli.options import JsonOpt, SetOpt
@@ -42,4 +43,4 @@ def diff(
         merge_sets(set_, student_set),
         interleave=interleave,
     )
-    out.result(plan.to_json(), plan_table(plan))
+    out.result(plan_json(plan), plan_table(plan))

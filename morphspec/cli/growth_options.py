@@ -11,22 +11,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from morphspec.growth.graph import ChannelSpace
-from morphspec.growth.kinds import rule_of
 from morphspec.growth.options import option_fields, option_infos, option_types
 from morphspec.growth.plan import (
-    AddSteps,
-    GrowKernel,
-    InsertBlocks,
-    InsertLayers,
-    InterleaveBlocks,
     Plan,
-    WidenSpace,
 )  # fmt: skip
 
 __all__ = [
     "StudentArg", "StudentSetOpt", "TeacherArg", "TeacherSetOpt", "growth_option", "merge_sets",
-    "option_annotation", "plan_table", "with_growth_options",
+    "option_annotation", "plan_json", "plan_table", "with_growth_options",
 ]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -94,7 +86,8 @@ def merge_sets(both: list[str] | None, own: list[str] | None) -> list[str]:
 
 
 def plan_table(plan: Plan, family: str = "r2r") -> Table:
-    """The plan for people: which spaces widen, which blocks are new, parameters."""
+    """The plan for people: the rows of `plan.describe(family)` (the same rows as its JSON),
+    under a title with the parameter counts."""
     before, after = plan.teacher.trainable_count(), plan.student.trainable_count()
     table = Table(
         title=f"{plan.teacher.name} -> {plan.student.name}:"
@@ -102,47 +95,15 @@ def plan_table(plan: Plan, family: str = "r2r") -> Table:
         title_justify="left",
     )
     table.add_column("operation")
-    table.add_column("where")
-    table.add_column("change", justify="right")
-    tied = {sp.label for sp in plan.graph.spaces if _inner_of_tied(plan, sp)}
-    for op in plan.ops:
-        if isinstance(op, WidenSpace):
-            odd = f" + {op.odd} unpaired" if op.odd else ""
-            where = op.space if len(op.edges) <= 1 else f"{op.space} (+{len(op.edges) - 1} joined)"
-            how = f"{op.pairs} pairs{odd}" if family == "r2r" else f"+{op.new - op.old} channels"
-            space = next((sp for sp in plan.graph.spaces if sp.label == op.space), None)
-            if space is not None and space.mixing_norms:
-                how = "norm-preserving lift"
-            elif space is not None and any(r.layout.kind == "groups" for r in space.roles):
-                how = f"+{op.new - op.old}, by head"
-            elif op.space in tied and family not in ("randpad", "ode-refine"):
-                how = f"+{op.new - op.old}, new rows of the tied K zero"
-            table.add_row("widen", where, f"{op.old} -> {op.new} ({how})")
-        elif isinstance(op, InsertBlocks):
-            table.add_row("insert blocks", op.repeat, f"{op.old_times} -> {op.new_times} copies")
-        elif isinstance(op, InsertLayers):
-            table.add_row("insert layers", ", ".join(op.layers), "new, between teacher layers")
-        elif isinstance(op, InterleaveBlocks):
-            moves = ", ".join(
-                f"{a.rpartition('.')[2]}->{b.rpartition('.')[2]}" for a, b in op.moves
-            )
-            table.add_row("interleave", op.repeat, f"copies move {moves}")
-        elif isinstance(op, GrowKernel):
-            table.add_row("grow kernel", op.layer, f"{op.old}x{op.old} -> {op.new}x{op.new}")
-        elif isinstance(op, AddSteps):
-            how = f"h {op.old_h:g} -> {op.new_h:g}, refined" if op.refines else "appended"
-            table.add_row("add steps", op.unit, f"{op.old} -> {op.new} ({how})")
-        else:
-            table.add_row("add projection", op.shortcut, "identity -> identity stand-in")
+    table.add_column("where", overflow="fold")
+    table.add_column("change", justify="right", overflow="fold")
+    for row in plan.describe(family):
+        table.add_row(row.operation, row.where, row.change)
     if not plan.ops:
         table.add_row("none", "", "the student has the teacher's architecture")
     return table
 
 
-def _inner_of_tied(plan: Plan, space: ChannelSpace) -> bool:
-    """A unit's hidden space: written only by rows of tied kernels (no pairs there)."""
-    producers = [r for r in space.roles if r.kind == "producer" and r.dim == 0]
-    return bool(producers) and all(
-        (rule := rule_of(plan.student.node(r.node).kind)) is not None and rule.stepped
-        for r in producers
-    )
+def plan_json(plan: Plan, family: str = "r2r") -> dict[str, Any]:
+    """The plan's JSON with the table's rows (`rows`), for `--json`."""
+    return {**plan.to_json(), "rows": [row.to_json() for row in plan.describe(family)]}

@@ -52,6 +52,8 @@ class FamilyInfo:
     conditions: Conditions
     refines_steps: bool = False
     """Refines reversible units (h / r, r times the steps) instead of appending steps."""
+    pairs: bool = False
+    """Widens by (L, R) pairs of channels, plus at most one unpaired channel (R2R)."""
 
     def load(self) -> Any:
         """The family's class (imports torch); its `name` and `exact` must agree."""
@@ -67,6 +69,7 @@ _FAMILIES = (
         "r2r",
         "morphspec.growth.families.r2r:R2R",
         exact=True,
+        pairs=True,
         conditions=Conditions(
             family="r2r",
             widen_activations="keeps channels independent",

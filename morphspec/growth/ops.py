@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from morphspec.growth.steps import AddSteps
 
 __all__ = [
     "AddProjection", "AddSteps", "GrowKernel", "InsertBlocks", "InsertLayers",
-    "InterleaveBlocks", "Op", "WidenSpace",
+    "InterleaveBlocks", "Op", "PlanRow", "WidenSpace",
 ]  # fmt: skip
 
 
@@ -85,3 +86,15 @@ Op = (
     | InterleaveBlocks
     | AddSteps
 )
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One operation: what (`operation`), where (a path or space), and the change."""
+
+    operation: str
+    where: str
+    change: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

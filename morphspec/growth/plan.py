@@ -28,6 +28,7 @@ from morphspec.growth.ops import (
     InsertLayers,
     InterleaveBlocks,
     Op,
+    PlanRow,
     WidenSpace,
 )
 from morphspec.growth.steps import steps_op
@@ -102,6 +103,12 @@ class Plan:
     def source_key(self, key: str) -> str:
         """The appended-layout key of the student's `key` (the inverse of student_key)."""
         return _moved(key, {v: k for k, v in self.renames.items()})
+
+    def describe(self, family: str = "r2r") -> list[PlanRow]:
+        """Typed rows, one per operation, as `family` carries it out (growth/describe.py)."""
+        from morphspec.growth.describe import describe  # it imports this module's ops
+
+        return describe(self, family)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -128,12 +128,12 @@ def verify_modes(
 ) -> list[Verification]:  # fmt: skip
     """Compare the two checkpoints' models on the same seeded inputs in each of `modes`,
     streaming each layer's tensors from its checkpoint only while it runs
-    (`checkpoint.stream`), so memory stays near the largest layer plus activations rather
+    (`morphspec.streamed`), so memory stays near the largest layer plus activations rather
     than two whole models. A teacher that is not finite is refused first; a float64
     teacher is compared in float64."""
     from morphspec.checkpoint import check_finite, check_keys
-    from morphspec.checkpoint.stream import streamed_model
     from morphspec.interop.folder import open_checkpoint
+    from morphspec.streamed import streamed_model
 
     with (
         open_checkpoint(teacher_ckpt, teacher) as t_reader,

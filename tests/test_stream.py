@@ -14,7 +14,7 @@ import torch
 
 import morphspec
 from morphspec.checkpoint import CheckpointReader, save_state_dict
-from morphspec.checkpoint.stream import streamed_model
+from morphspec.streamed import streamed_model
 from morphspec.verify import sample_inputs, verify_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]

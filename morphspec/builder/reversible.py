@@ -214,7 +214,7 @@ class ReversibleUnit(nn.Module):
 
     stream_whole = True
     """Its steps read their kernels' weights directly (K and Kᵀ), so streamed verification
-    (`checkpoint.stream`) loads the whole unit's tensors around the unit's forward."""
+    (`morphspec.streamed`) loads the whole unit's tensors around the unit's forward."""
 
     def __init__(self, kind: str, steps: Sequence[_Step], recompute: bool):
         super().__init__()

@@ -8,7 +8,8 @@ just before it runs, and a forward hook puts the meta placeholders back right af
 Heap use is then about the largest layer plus activations, whatever the model's size.
 
 The values are those `load_state_dict` would copy in (the same dtype conversion), so the
-outputs are bit-identical to the fully loaded model's; a test checks that.
+outputs are bit-identical to the fully loaded model's; a test checks that. It runs models,
+so it lives beside verify.py, not in the checkpoint I/O package.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ proportion) and a changed head_dim are refused with the reason.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from morphspec.arch.nodes import Arch, Node
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # plan.py imports this module, and planning imports no torch
     import torch
 
 __all__ = [
-    "HeadGrowth", "InsideFill", "head_growths", "register_groups", "repeat_kv",
+    "GroupFacts", "HeadGrowth", "InsideFill", "head_growths", "register_groups", "repeat_kv",
 ]  # fmt: skip
 
 
@@ -117,14 +117,25 @@ def _space(graph: SpaceGraph, key: str) -> ChannelSpace | None:
     return next((sp for r, sp in graph.roles(key) if r.kind == "producer"), None)
 
 
+@dataclass(frozen=True)
+class GroupFacts:
+    """What the groups stage found: per widened heads/kv space, the proxy space of groups
+    a family fills and the entries per group (`units`), or the repeat factor and head_dim
+    of kv heads (`repeats`); head_dim growth per tensor (`inside`); and each proxy space's
+    teacher size (`sizes`: proxy ids come after the graph's)."""
+
+    units: dict[int, tuple[ChannelSpace, int]] = field(default_factory=dict)
+    repeats: dict[int, tuple[int, int]] = field(default_factory=dict)
+    inside: dict[str, InsideFill] = field(default_factory=dict)
+    sizes: dict[int, int] = field(default_factory=dict)
+
+
 def register_groups(
-    teacher: Arch, student: Arch, graph: SpaceGraph, sizes: dict[int, int],
-    units: dict[int, tuple[ChannelSpace, int]], repeats: dict[int, tuple[int, int]],
-    inside: dict[str, InsideFill],
-) -> list[Problem]:  # fmt: skip
-    """Record, per widened heads/kv space, the proxy space of groups a family fills and
-    the entries per group (`units`), or the repeat factor of kv heads (`repeats`). Proxy
-    ids come after the graph's; `sizes` gets each proxy's teacher group count."""
+    teacher: Arch, student: Arch, graph: SpaceGraph
+) -> tuple[GroupFacts, list[Problem]]:
+    """The groups stage: how each grouped layer's heads grow, as `GroupFacts`, or why not."""
+    facts = GroupFacts()
+    units, repeats, inside, sizes = facts.units, facts.repeats, facts.inside, facts.sizes
     growths, problems = head_growths(teacher, student)
     next_id = len(graph.spaces)
     for path, g in growths.items():
@@ -160,7 +171,7 @@ def register_groups(
         sizes[proxy.id] = g.old
         units[heads.id] = (proxy, g.heads_unit)
         units[kv.id] = (proxy, g.head_dim)
-    return problems
+    return facts, problems
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ stream widens without a lift.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from morphspec.arch.nodes import Arch, Node
@@ -50,7 +51,7 @@ from morphspec.growth.kinds import rule_of
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Lift", "check_lifts", "lift_consume", "lift_produce"]
+__all__ = ["Lift", "LiftFacts", "check_lifts", "lift_consume", "lift_produce"]
 
 
 @dataclass(frozen=True)
@@ -115,13 +116,23 @@ def _choose(teacher: Arch, student: Arch, space: ChannelSpace, a: int) -> Lift |
     )
 
 
+@dataclass(frozen=True)
+class LiftFacts:
+    """What the lift stage found: each widened space through a norm and its lift
+    (`lifts`), and the norm tensors to divide (`scaled`: fills' gains, a tied head's norm)."""
+
+    lifts: dict[int, Lift] = field(default_factory=dict)
+    scaled: dict[str, float] = field(default_factory=dict)
+
+
 def check_lifts(
-    teacher: Arch, student: Arch, graph: SpaceGraph, sizes: dict[int, int], exact: bool,
-    lifts: dict[int, Lift], scaled: dict[str, float],
-) -> list[Problem]:  # fmt: skip
-    """Record the lift of each widened space that passes through a norm (`lifts`) and the
-    norm tensors to divide (`scaled`: fills' gains, a tied head's norm), or refuse."""
+    teacher: Arch, student: Arch, graph: SpaceGraph, sizes: Mapping[int, int], exact: bool
+) -> tuple[LiftFacts, list[Problem]]:
+    """The lift stage: the lift of each widened space that passes through a norm and the
+    norm tensors to divide, or why not."""
     problems: list[Problem] = []
+    lifts: dict[int, Lift] = {}
+    scaled: dict[str, float] = {}
     for space in graph.spaces:
         a = sizes[space.id]
         if not (a and space.size > a and space.mixing_norms and exact):
@@ -170,7 +181,7 @@ def check_lifts(
             continue
         for p in before.params:
             scaled[before.key(p)] = lifts[sid].k
-    return problems
+    return LiftFacts(lifts, scaled), problems
 
 
 def lift_produce(v: torch.Tensor, d: int, lift: Lift, producer: bool) -> None:

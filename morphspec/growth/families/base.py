@@ -106,16 +106,13 @@ class Family(NewLayers):
     def check(self, facts: Facts) -> list[Problem]:
         """Every problem this family has with the plan, found before any tensor moves; what
         filling will need is recorded in `facts` (and nowhere else)."""
-        problems: list[Problem] = []
         plan = self.plan
-        problems += register_groups(
-            plan.teacher, plan.student, plan.graph, facts.sizes, facts.units, facts.repeats,
-            facts.inside,
-        )  # fmt: skip
-        problems += check_lifts(
-            plan.teacher, plan.student, plan.graph, facts.sizes, self.exact, facts.lifts,
-            facts.scaled,
-        )  # fmt: skip
+        grouped, problems = register_groups(plan.teacher, plan.student, plan.graph)
+        facts.sizes.update(grouped.sizes)
+        facts.units, facts.repeats, facts.inside = grouped.units, grouped.repeats, grouped.inside
+        lifted, found = check_lifts(plan.teacher, plan.student, plan.graph, facts.sizes, self.exact)
+        facts.lifts, facts.scaled = lifted.lifts, lifted.scaled
+        problems += found
         for space in plan.graph.spaces:
             if facts.widened(space) and space.frozen_by:
                 node = plan.student.node(space.frozen_by[0])

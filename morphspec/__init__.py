@@ -3,12 +3,14 @@
 from morphspec.api import build, grow, load, load_spec, resolve, save
 from morphspec.arch import Arch
 from morphspec.errors import MorphError
+from morphspec.kinds import Kind, register_kind
 from morphspec.probe import ProbeReport, probe  # torch-free at import, like api.py
 from morphspec.spec import Spec
 
 __version__ = "0.1.0"
 __all__ = [
     "Arch",
+    "Kind",
     "MorphError",
     "ProbeReport",
     "Spec",
@@ -18,6 +20,7 @@ __all__ = [
     "load",
     "load_spec",
     "probe",
+    "register_kind",
     "resolve",
     "save",
 ]

@@ -150,6 +150,7 @@ def test_a_taken_name_is_refused_and_removal_forgets_it(
 
     spec = write_spec(tmp_path / "m.yaml", MLP.format(name="m", w=5))
     assert morphspec.resolve(morphspec.load_spec(spec)).node("gain").kind == "scale"
+    assert morphspec.register_kind is registry.register_kind
     assert registry.register_kind(SCALE) is SCALE  # the same record again: a no-op
     with pytest.raises(ValueError, match="already registered"):
         registry.register_kind(type(SCALE)("scale", SCALE.model, SCALE.shape, SCALE.builder))

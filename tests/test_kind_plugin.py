@@ -22,6 +22,7 @@ from morphspec.convert import convert
 from morphspec.errors import MorphError
 from morphspec.growth.families import FAMILIES
 from morphspec.kinds import plugins, registry
+from morphspec.spec.schema import spec_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "examples" / "plugins"
@@ -97,6 +98,7 @@ def test_entry_point_registers_the_kind(
         record = registry.get("scale")
         assert record is not None and record.growth is not None
         assert "scale" in morphspec.spec.LAYER_KINDS
+        assert "ScaleArgs" in spec_schema()["definitions"]  # morph schema knows it too
         spec = write_spec(tmp_path / "m.yaml", MLP.format(name="m", w=5))
         arch = morphspec.resolve(morphspec.load_spec(spec))
         assert arch.node("gain").params == {"weight": (5,)}
@@ -157,6 +159,7 @@ def test_a_taken_name_is_refused_and_removal_forgets_it(
     registry.unregister_kind("scale")
     with pytest.raises(MorphError, match="unknown layer kind or block 'scale'"):
         morphspec.resolve(morphspec.load_spec(spec))
+    assert "ScaleArgs" not in spec_schema()["definitions"]
 
 
 def _teacher64(spec: Path, tmp: Path) -> Path:

@@ -81,6 +81,13 @@ def test_trainable_count_equals_the_built_model(example: str) -> None:
 # -- the registry --------------------------------------------------------------------------------
 
 
+def test_every_activation_an_act_may_name_builds() -> None:
+    from morphspec.builder.layers import ACTIVATIONS as BUILT
+    from morphspec.spec.models import ACTIVATIONS
+
+    assert set(BUILT) == {*ACTIVATIONS, "gelu_tanh"}  # gelu_tanh: gelu {approximate: tanh}
+
+
 def test_every_layer_kind_has_a_builder() -> None:
     for kind in all_kinds():
         module, _, attr = kind.builder.partition(":")

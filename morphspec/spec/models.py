@@ -11,7 +11,7 @@ No torch here: `morph validate` stays fast.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     BaseModel,
@@ -49,8 +49,9 @@ Num = Annotated[
     StrictInt | StrictFloat | StrictStr,
     Field(description="a number, or an expression over vars and args such as 'floor(64*r)'"),
 ]
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity")
 Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity"]
+"""What an `mlp`'s or a reversible unit's `act` may name (builder/layers.py builds them)."""
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 # Checkpoint namings: the declared key converters of morphspec.interop (kept in sync by a test).
 Naming = Literal["morphspec", "hf-gpt2", "hf-llama"]
 

@@ -12,10 +12,13 @@ Activation classes:
 
 from __future__ import annotations
 
-from morphspec.growth.catalog import CATALOG, Conditions
-from morphspec.growth.kinds import kinds_where
+from collections.abc import Callable
+from typing import Any
 
-__all__ = [
+from morphspec.growth.catalog import CATALOG, Conditions
+from morphspec.growth.kinds import KindRule, kinds_where
+
+__all__ = [  # noqa: F822 (the kind views are live module attributes: __getattr__)
     "FAMILY_CONDITIONS",
     "FIXED_POINT_AT_ZERO",
     "IDEMPOTENT",
@@ -23,10 +26,18 @@ __all__ = [
     "Conditions",
 ]
 
-# Views of the registry (growth/kinds.py), for messages and `morph families`.
-KEEPS_CHANNELS_INDEPENDENT = kinds_where(lambda r: r.keeps_channels_independent)
-FIXED_POINT_AT_ZERO = kinds_where(lambda r: r.zero_fixed)
-IDEMPOTENT = kinds_where(lambda r: r.idempotent)
+_VIEWS: dict[str, Callable[[KindRule], bool]] = {
+    "KEEPS_CHANNELS_INDEPENDENT": lambda r: r.keeps_channels_independent,
+    "FIXED_POINT_AT_ZERO": lambda r: r.zero_fixed,
+    "IDEMPOTENT": lambda r: r.idempotent,
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Views of the kind registry, read when asked: a kind registered later is in them.
+    if name in _VIEWS:
+        return kinds_where(_VIEWS[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 FAMILY_CONDITIONS: dict[str, Conditions] = {n: f.conditions for n, f in CATALOG.items()}

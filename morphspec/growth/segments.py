@@ -70,13 +70,14 @@ class SegmentFacts:
     """Biases of new steps: every entry gets σ(b) ≠ 0."""
     sources: dict[str, str] = field(default_factory=dict)
     """ode-refine: the teacher key each refined step's tensor copies."""
+    zero_keys: set[str] = field(default_factory=set)
+    """Kernels of new steps, which start at zero (exact families)."""
 
 
 class Facts(Protocol):
     """What this module reads and writes of `families.base.Facts`."""
 
     sizes: dict[int, int]
-    zero_keys: set[str]
     segments: SegmentFacts
 
     def widened(self, space: ChannelSpace) -> bool: ...
@@ -107,12 +108,14 @@ def _segments(space: ChannelSpace) -> int:
     return max((r.layout.parts for r in space.roles if r.layout.kind == "segments"), default=1)
 
 
-def _place(fam: Family, facts: Facts, space: ChannelSpace, seen: dict[int, tuple[int, ...]],
-           problems: list[Problem]) -> tuple[int, ...]:  # fmt: skip
+def _place(
+    fam: Family, facts: Facts, seg: SegmentFacts, space: ChannelSpace,
+    seen: dict[int, tuple[int, ...]], problems: list[Problem],
+) -> tuple[int, ...]:  # fmt: skip
     """`order` of `space` (identity for append), derived spaces after their input's."""
     if space.id in seen:
         return seen[space.id]
-    graph, sizes, seg = fam.plan.graph, facts.sizes, facts.segments
+    graph, sizes = fam.plan.graph, facts.sizes
     a, b = sizes[space.id], space.size
     order = tuple(range(b))
     pad = graph.pads.get(space.id)
@@ -130,7 +133,7 @@ def _place(fam: Family, facts: Facts, space: ChannelSpace, seen: dict[int, tuple
             ))  # fmt: skip
             seen[space.id] = order
             return order
-        p = _place(fam, facts, src, seen, problems)
+        p = _place(fam, facts, seg, src, seen, problems)
         parts = _segments(space)
         if parts > 1 and (a, b) == (2 * a_s, 2 * b_s) and parts == 2:
             # Y is the pad's input, Z its zeros: the zeros mirror the input's places, so each
@@ -167,20 +170,22 @@ def _place(fam: Family, facts: Facts, space: ChannelSpace, seen: dict[int, tuple
     return order
 
 
-def check(fam: Family, facts: Facts) -> list[Problem]:
-    """Placement of widened spaces, ties and steps: every problem, and the facts for `finish`."""
+def check(fam: Family, facts: Facts) -> tuple[SegmentFacts, list[Problem]]:
+    """The segments stage: placement of widened spaces, ties and steps, as the facts that
+    `rule` and `finish` read, and every problem."""
     problems: list[Problem] = []
+    seg = SegmentFacts()
     plan, seen = fam.plan, dict[int, tuple[int, ...]]()
     graph = plan.graph
     for space in graph.spaces:
         pad = graph.pads.get(space.id)
         if facts.widened(space) or (pad and facts.widened(graph.spaces[pad[0]])):
-            _place(fam, facts, space, seen, problems)
+            _place(fam, facts, seg, space, seen, problems)
             problems += _tie_problems(fam, space)
     for op in plan.steps:
-        problems += _steps_problems(fam, facts, plan.student.node(op.unit), op.old, op.new,
+        problems += _steps_problems(fam, seg, plan.student.node(op.unit), op.old, op.new,
                                     op.refines)  # fmt: skip
-    return problems
+    return seg, problems
 
 
 def _tie_problems(fam: Family, space: ChannelSpace) -> list[Problem]:
@@ -199,9 +204,8 @@ def _tie_problems(fam: Family, space: ChannelSpace) -> list[Problem]:
     return []
 
 
-def _steps_problems(fam: Family, facts: Facts, unit: Node, old: int, new: int,
+def _steps_problems(fam: Family, seg: SegmentFacts, unit: Node, old: int, new: int,
                     refines: bool) -> list[Problem]:  # fmt: skip
-    seg = facts.segments
     where = f"'{unit.path}' ({unit.kind}, steps {old} -> {new})"
     if fam.info.refines_steps:
         if not refines:
@@ -230,7 +234,7 @@ def _steps_problems(fam: Family, facts: Facts, unit: Node, old: int, new: int,
         for key, shape in unit.params.items():
             step, _, _ = key.partition(".")
             if int(step) >= old:
-                (facts.zero_keys if len(shape) > 1 else seg.bias_keys).add(unit.key(key))
+                (seg.zero_keys if len(shape) > 1 else seg.bias_keys).add(unit.key(key))
     return []
 
 

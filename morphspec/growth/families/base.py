@@ -152,7 +152,10 @@ class Family(NewLayers):
                 " blocks (their o_proj/down_proj start at zero, LLaMA-Pro's rule)",
                 plan.student.spec.mark(("body",)),
             ))  # fmt: skip
-        return problems + segments.check(self, facts)
+        placed, found = segments.check(self, facts)
+        facts.segments = placed
+        facts.zero_keys |= placed.zero_keys
+        return problems + found
 
     def warnings(self) -> list[str]:
         """Why this family's output may not be function-preserving (empty when exact)."""

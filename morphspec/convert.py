@@ -140,6 +140,9 @@ def convert(
     progress: Callable[[int, int], None] | None = None,
     max_shard_size: int | str | None = None,
     to_hf: str | Path | None = None,
+    to_dcp: str | Path | None = None,
+    optimizer_state: str | Path | None = None,
+    optimizer_out: str | Path | None = None,
     **option_values: Any,
 ) -> ConvertResult:
     """Grow `checkpoint` (of `teacher_spec`) into the student; see the module docstring.
@@ -148,7 +151,11 @@ def convert(
     or as keywords of the same names, which override it. `max_shard_size` (bytes, or text
     such as `2GB`) writes a folder of shards at `output` instead of one file. `to_hf` (a
     folder, instead of `output`) writes a Hugging Face folder of the student, whose spec
-    must have an HF `naming`; `max_shard_size` then defaults to transformers' 5GB."""
+    must have an HF `naming`; `max_shard_size` then defaults to transformers' 5GB. `to_dcp`
+    (a folder, instead of `output`) writes a torch.distributed.checkpoint directory with
+    the grown optimizer state when the teacher has one: a DCP teacher's own, or
+    `optimizer_state`; `optimizer_out` writes the grown state on its own
+    (`distributed/convert_io.py`)."""
     opts = replace(options or GrowOptions(), **option_values)
     family, seed, rtol, samples = opts.family, opts.seed, opts.rtol, opts.samples
     init, init_scale, noise, rescale = opts.init, opts.init_scale, opts.noise, opts.rescale
@@ -158,6 +165,13 @@ def convert(
     if limit is not None and output is None:
         out = out.with_suffix("")
     target: HFTarget | None = None
+    if to_dcp is not None:
+        if output is not None or to_hf is not None or limit is not None:
+            raise MorphError(
+                "--to-dcp names the output folder; drop -o, --to-hf and --max-shard-size",
+                Mark(str(to_dcp)),
+            )
+        out = Path(to_dcp)
     if to_hf is not None:
         if output is not None:
             raise MorphError(
@@ -173,7 +187,11 @@ def convert(
         target = hf_target(student, Path(checkpoint), out.parent)
     with open_checkpoint(checkpoint, teacher) as reader:
         grower = prepare(plan, reader, opts, str(teacher_spec))
-        _check_output(out, reader, force, limit is not None, target is not None, teacher, student)
+        if to_dcp is None:
+            _check_output(
+                out, reader, force, limit is not None, target is not None, teacher, student
+            )
+        dist = _distributed(reader, out, force, to_dcp, optimizer_state, optimizer_out, teacher)
         if dry_run:
             return ConvertResult(plan, out, False, None, None, grower)
         check_finite(reader)
@@ -192,12 +210,16 @@ def convert(
         total = sum(e.nbytes for e in entries)
         report = (lambda done: progress(done, total)) if progress else None
         staged = staging_file(out) if limit is None else staging_folder(out)
-        with _hashing(reader) as sha_future, staged as staging:
+        if to_dcp is not None:
+            staged = dist.staged_model(out)
+        with _hashing(reader) as sha_future, staged as staging, dist.optimizer_out(grower):
 
             def late() -> Mapping[str, str]:
                 return {**metadata, "morphspec.teacher_sha256": sha_future.result()}
 
-            if target is not None:
+            if to_dcp is not None:
+                dist.write_model(staging, grower, entries, report)
+            elif target is not None:
                 assert limit is not None
                 write_hf_folder(staging, target, entries, metadata, limit, report, late)
             elif limit is None:
@@ -217,8 +239,28 @@ def convert(
                         " no output written",
                         Mark(str(student_spec)),
                     )
-            if limit is None:
+            if to_dcp is not None:
+                dist.commit()
+            elif limit is None:
                 commit(staging, out)
             else:
                 commit_folder(staging, out, HF_FILES if target is not None else ())
+            dist.commit_optimizer()
     return ConvertResult(plan, out, True, result, sha, grower)
+
+
+def _distributed(
+    reader: CheckpointReader,
+    out: Path,
+    force: bool,
+    to_dcp: str | Path | None,
+    optimizer_state: str | Path | None,
+    optimizer_out: str | Path | None,
+    teacher: Arch,
+) -> Any:
+    """The DCP output and optimizer state (`distributed/convert_io.py`), checked now."""
+    from morphspec.distributed.convert_io import DistributedOutput
+
+    return DistributedOutput.check(
+        reader, out, force, to_dcp, optimizer_state, optimizer_out, teacher
+    )

@@ -229,7 +229,8 @@ def test_refuses_state_of_another_optimizer_or_model(tmp_path: Path, spec: Path)
     torch.save(other_opt.state_dict(), tmp_path / "other.pt")
     ckpt = morphspec.save(teacher, tmp_path / "t.safetensors", spec)
     _refused(tmp_path, spec, spec, ckpt, "-o", tmp_path / "s.safetensors",
-             "--student-set", "width=9", "--optimizer-state", tmp_path / "other.pt", "--optimizer-out", tmp_path / "o.pt",
+             "--student-set", "width=9", "--optimizer-state", tmp_path / "other.pt",
+             "--optimizer-out", tmp_path / "o.pt",
              match="for 2 parameters but the teacher spec has 12")  # fmt: skip
 
 

@@ -19,8 +19,11 @@ JOB_TIMEOUT = 300  # seconds for the whole job, under 2 loaded cores
 PG_TIMEOUT = 90  # seconds for one collective
 
 
-def run_job(case: str, tmp: Path, world: int = 2, **args: Any) -> list[dict[str, Any]]:
-    """Run `case` of dist_workers.py on `world` ranks; each rank's JSON result."""
+def run_job(
+    case: str, tmp: Path, world: int = 2, fails: bool = False, **args: Any
+) -> list[dict[str, Any]]:
+    """Run `case` of dist_workers.py on `world` ranks; each rank's JSON result (with
+    `fails`, the job must fail, and the results of the ranks that wrote one)."""
     (tmp / "args.json").write_text(json.dumps(args), encoding="utf-8")
     env = {
         **os.environ,
@@ -38,6 +41,10 @@ def run_job(case: str, tmp: Path, world: int = 2, **args: Any) -> list[dict[str,
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"the {world}-process job '{case}' did not finish in {JOB_TIMEOUT}s")
+    if fails:
+        assert proc.returncode != 0, "the job should have failed"
+        files = [tmp / f"rank{r}.json" for r in range(world)]
+        return [json.loads(f.read_text()) for f in files if f.is_file()]
     if proc.returncode != 0:
         pytest.fail(f"job '{case}' failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(world)]

@@ -100,7 +100,39 @@ def _fsdp(rank: int, tmp: Path, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-CASES = {"fsdp": _fsdp}
+def _convert(rank: int, tmp: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """`convert` as torchrun runs it (RANK and WORLD_SIZE set): optionally with another
+    seed on rank 1, or with rank 1 dying after its first tensor."""
+    import os
+
+    from morphspec.convert import convert
+    from morphspec.errors import MorphError
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(dist.get_world_size()))
+    kwargs = dict(args["kwargs"])
+    if args.get("vary") and rank == 1:
+        kwargs["seed"] = 7
+    if args.get("crash") and rank == 1:
+        from morphspec.checkpoint import writer
+        from morphspec.distributed import dcp_write
+
+        def die(*a: Any, **k: Any) -> Any:
+            os._exit(3)
+
+        dcp_write._LazyPlanner.resolve_data = die  # type: ignore[method-assign]
+        writer.write_safetensors = die  # type: ignore[assignment]
+        import morphspec.convert
+
+        morphspec.convert.write_safetensors = die  # type: ignore[assignment]
+    try:
+        result = convert(*args["positional"], **kwargs)
+    except MorphError as e:
+        return {"rank": rank, "error": str(e)}
+    v = result.verification
+    return {"rank": rank, "written": result.written, "rel_err": v.rel_err if v else None}
+
+
+CASES = {"fsdp": _fsdp, "convert": _convert}
 
 
 def _rank(rank: int, case: str, tmp: Path, world: int, timeout: int) -> None:

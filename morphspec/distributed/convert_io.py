@@ -309,11 +309,35 @@ class DistributedOutput:
             yield staging
 
     def write_model(
-        self, staging: Path, family: Family, entries: Sequence[TensorEntry], progress: Any
+        self,
+        staging: Path,
+        family: Family,
+        entries: Sequence[TensorEntry],
+        progress: Any,
+        ranks: Any = None,
     ) -> None:
+        """Write the student (and grown state) as DCP; under torchrun, this rank's share
+        of the tensors (`ranks.share`), rank 0 adding the optimizer's param_groups."""
         from morphspec.distributed.dcp_write import write_dcp
 
-        write_dcp(staging, entries, self.grown(family), progress=progress)
+        grown = self.grown(family)
+        if ranks is not None:
+            entries = ranks.share(list(entries), [e.nbytes for e in entries])
+            if grown is not None:
+                fqns = list(grown.state)
+                sizes = [sum(v.nbytes for v in grown.state[f].values()
+                             if isinstance(v, MomentEntry)) for f in fqns]  # fmt: skip
+                mine = ranks.share(fqns, sizes)
+                grown = GrownOptimizer({f: grown.state[f] for f in mine}, grown.param_groups)
+        write_dcp(staging, entries, grown, progress=progress, distributed=ranks is not None,
+                  groups=ranks is None or ranks.leader)  # fmt: skip
+
+    def replaceable(self, out: Path) -> list[str]:
+        """The names in an existing output folder that a commit may replace: DCP files
+        (sharded output: shards and index, which `commit_folder` knows itself)."""
+        if not out.is_dir():
+            return []
+        return [p.name for p in out.iterdir() if _DCP_FILE.fullmatch(p.name)]
 
     @contextlib.contextmanager
     def optimizer_out(self, family: Family) -> Iterator[None]:

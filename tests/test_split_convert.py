@@ -30,7 +30,7 @@ def _teacher(tmp: Path) -> tuple[Path, Path]:
 def _same_dcp(a: Path, b: Path) -> None:
     sa, sb = DCPSource(a), DCPSource(b)
     assert sa.keys() == sb.keys()
-    for k in sa.keys():
+    for k in sa:
         assert torch.equal(sa.get(k), sb.get(k)), k
     oa, ob = sa.optimizer(), sb.optimizer()
     assert oa is not None and ob is not None and oa.names == ob.names

@@ -67,6 +67,8 @@ class ConvertResult:
     verification: Verification | None
     teacher_sha256: str | None
     family: Family
+    leader: bool = True
+    """False on the ranks of a torchrun job other than 0, which write their share only."""
 
     @property
     def warnings(self) -> list[str]:
@@ -267,7 +269,7 @@ def convert(
                 else:
                     commit_folder(staging, out, HF_FILES if target is not None else ())
                 dist.commit_optimizer()
-    return ConvertResult(plan, out, True, result, sha, grower)
+    return ConvertResult(plan, out, True, result, sha, grower, ranks is None or ranks.leader)
 
 
 def _verified(

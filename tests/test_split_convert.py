@@ -4,6 +4,9 @@ nothing committed; ranks given different arguments are refused."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +99,19 @@ def test_ranks_with_different_arguments_are_refused(tmp_path: Path) -> None:
     for r in ranks:
         assert "different arguments" in r["error"], r
     assert not (tmp_path / "two").exists()
+
+
+def test_torchrun_command_line(tmp_path: Path) -> None:
+    """The real launcher: torchrun --standalone (a free loopback port of its choosing)."""
+    spec, t_dcp = _teacher(tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "-m", "morphspec", "convert", str(spec), str(spec), str(t_dcp), "--to-dcp",
+           str(tmp_path / "two"), "--student-set", "width=9",
+           "--student-set", "depth=2"]  # fmt: skip
+    env = {**os.environ, "MORPH_DIST_TIMEOUT": "120", "NO_COLOR": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 verified and committed" in proc.stdout
+    with one_intraop_thread():
+        convert(spec, spec, t_dcp, to_dcp=tmp_path / "one", student_set=STUDENT)
+    _same_dcp(tmp_path / "one", tmp_path / "two")

@@ -148,7 +148,9 @@ def convert(
     for warning in result.warnings:
         out.warn(warning)
     v = result.verification
-    if result.written:
+    if result.written and not result.leader:
+        text = f"wrote this rank's share of {result.output}; rank 0 verified and committed it"
+    elif result.written:
         if v is None:
             checked = "; not verified (--no-verify)"
         else:

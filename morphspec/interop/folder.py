@@ -36,8 +36,12 @@ def open_checkpoint(path: str | os.PathLike[str], arch: Arch) -> CheckpointReade
     naming = arch.spec.naming
     if p.is_dir() and (p / ".metadata").is_file():  # torch.distributed.checkpoint
         from morphspec.distributed.dcp_source import DCPSource
+        from morphspec.distributed.torchtitan import TorchtitanView, is_torchtitan
 
-        return DCPSource(p)
+        source = DCPSource(p)
+        if naming == "hf-llama" and is_torchtitan(source):
+            return TorchtitanView(source, arch)
+        return source
     if naming == "morphspec":
         if p.is_dir() and (p / "config.json").is_file():
             raise CheckpointError(

@@ -12,7 +12,7 @@ of the tensors and torch's coordinator (rank 0) writes the merged `.metadata`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +112,3 @@ def write_dcp(
             )
     except OSError as e:
         raise CheckpointError(f"cannot write the DCP checkpoint ({e})", Mark(str(folder))) from None
-
-
-def optimizer_to_load(opt: Mapping[str, Any]) -> dict[str, Any]:
-    """An empty-state template of `opt` for `dcp.load` (tests and tools)."""
-    return {"state": dict(opt["state"]), "param_groups": list(opt["param_groups"])}

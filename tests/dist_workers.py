@@ -101,17 +101,15 @@ def _fsdp(rank: int, tmp: Path, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _convert(rank: int, tmp: Path, args: dict[str, Any]) -> dict[str, Any]:
-    """`convert` as torchrun runs it (RANK and WORLD_SIZE set): optionally with another
-    seed on rank 1, or with rank 1 dying after its first tensor."""
+    """`convert` as torchrun runs it (RANK and WORLD_SIZE set), once per entry of
+    `args["calls"]` (each `{"positional", "kwargs"}`, with `vary`: another seed on rank 1),
+    optionally with rank 1 dying at its first tensor (`crash`)."""
     import os
 
     from morphspec.convert import convert
     from morphspec.errors import MorphError
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(dist.get_world_size()))
-    kwargs = dict(args["kwargs"])
-    if args.get("vary") and rank == 1:
-        kwargs["seed"] = 7
     if args.get("crash") and rank == 1:
         from morphspec.checkpoint import writer
         from morphspec.distributed import dcp_write
@@ -124,12 +122,19 @@ def _convert(rank: int, tmp: Path, args: dict[str, Any]) -> dict[str, Any]:
         import morphspec.convert
 
         morphspec.convert.write_safetensors = die  # type: ignore[assignment]
-    try:
-        result = convert(*args["positional"], **kwargs)
-    except MorphError as e:
-        return {"rank": rank, "error": str(e)}
-    v = result.verification
-    return {"rank": rank, "written": result.written, "rel_err": v.rel_err if v else None}
+    results: list[dict[str, Any]] = []
+    for call in args["calls"]:
+        kwargs = dict(call["kwargs"])
+        if call.get("vary") and rank == 1:
+            kwargs["seed"] = 7
+        try:
+            result = convert(*call["positional"], **kwargs)
+        except MorphError as e:
+            results.append({"error": str(e)})
+            continue
+        v = result.verification
+        results.append({"written": result.written, "rel_err": v.rel_err if v else None})
+    return {"rank": rank, "calls": results}
 
 
 CASES = {"fsdp": _fsdp, "convert": _convert}

@@ -1,6 +1,7 @@
 """`convert` split over 2 ranks (as under torchrun): the DCP student (model and optimizer)
-and the sharded folder hold the tensors of a 1-process run; a rank that dies leaves
-nothing committed; ranks given different arguments are refused."""
+and the sharded folder hold the tensors of a 1-process run; ranks given different
+arguments are refused; a rank that dies leaves nothing committed; and the real torchrun
+command line."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from growth_helpers import one_intraop_thread, write_spec
 from test_dcp import MLP, STUDENT, _save_dcp, _trained
 
 import morphspec
-from morphspec.checkpoint import CheckpointReader
 from morphspec.convert import convert
 from morphspec.distributed.dcp_source import DCPSource
 
@@ -44,61 +44,54 @@ def _same_dcp(a: Path, b: Path) -> None:
             assert torch.equal(va, vb) if isinstance(va, torch.Tensor) else va == vb, (fqn, k)
 
 
-def _job(spec: Path, ckpt: Path, **kwargs: Any) -> dict[str, Any]:
+def _call(spec: Path, ckpt: Path, **kwargs: Any) -> dict[str, Any]:
     return {"positional": [str(spec), str(spec), str(ckpt)],
             "kwargs": {"student_set": STUDENT, **kwargs}}  # fmt: skip
 
 
-def test_split_dcp_equals_one_process(tmp_path: Path) -> None:
+def test_split_outputs_equal_one_process(tmp_path: Path) -> None:
     spec, t_dcp = _teacher(tmp_path)
-    convert(spec, spec, t_dcp, to_dcp=tmp_path / "one", student_set=STUDENT)
-    ranks = run_job("convert", tmp_path, **_job(spec, t_dcp, to_dcp=str(tmp_path / "two")))
-    assert [r["written"] for r in ranks] == [True, True]
-    assert ranks[0]["rel_err"] is not None and ranks[0]["rel_err"] <= 1e-10
-    files = sorted(p.name for p in (tmp_path / "two").iterdir())
-    assert any(f.startswith("__1_") for f in files), f"rank 1 wrote nothing: {files}"
-    _same_dcp(tmp_path / "one", tmp_path / "two")
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".unverified")]
-
-
-def test_split_shards_equal_one_process(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path / "mlp.yaml", MLP)
     big = ["width=300"]
     model = morphspec.build(spec, set=big).double()
     ckpt = morphspec.save(model, tmp_path / "t.safetensors", spec, set=big)
-    job = {"positional": [str(spec), str(spec), str(ckpt)],
-           "kwargs": {"teacher_set": big, "student_set": ["width=400", "depth=2"],
-                      "max_shard_size": "1MiB"}}  # fmt: skip
+    sharded = {"teacher_set": big, "student_set": ["width=400", "depth=2"],
+               "max_shard_size": "1MiB"}  # fmt: skip
     # torchrun runs each rank with one intra-op thread (OMP_NUM_THREADS=1); init=match's
     # float64 spread is a parallel reduction whose last bit follows the thread count, so
-    # the 1-process reference runs with one thread too (docs/distributed.md)
+    # the 1-process references run with one thread too (docs/distributed.md)
     with one_intraop_thread():
-        convert(*job["positional"], tmp_path / "one", **job["kwargs"])  # type: ignore[arg-type]
-    run_job("convert", tmp_path, positional=job["positional"],
-            kwargs={**job["kwargs"], "output": str(tmp_path / "two")})  # fmt: skip
-    one = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert one == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(one) > 3
+        convert(spec, spec, t_dcp, to_dcp=tmp_path / "one", student_set=STUDENT)
+        convert(spec, spec, ckpt, tmp_path / "one_sh", **sharded)  # type: ignore[arg-type]
+    calls = [
+        {**_call(spec, t_dcp, to_dcp=str(tmp_path / "vary")), "vary": True},
+        _call(spec, t_dcp, to_dcp=str(tmp_path / "two")),
+        {"positional": [str(spec), str(spec), str(ckpt)],
+         "kwargs": {**sharded, "output": str(tmp_path / "two_sh")}},
+    ]  # fmt: skip
+    ranks = run_job("convert", tmp_path, calls=calls)
+    for r in ranks:
+        refused, dcp_call, shard_call = r["calls"]
+        assert "different arguments" in refused["error"], r
+        assert dcp_call["written"] and shard_call["written"], r
+    assert ranks[0]["calls"][1]["rel_err"] <= 1e-10
+    assert not (tmp_path / "vary").exists()
+    files = sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert any(f.startswith("__1_") for f in files), f"rank 1 wrote nothing: {files}"
+    _same_dcp(tmp_path / "one", tmp_path / "two")
+    one = sorted(p.name for p in (tmp_path / "one_sh").iterdir())
+    assert one == sorted(p.name for p in (tmp_path / "two_sh").iterdir()) and len(one) > 3
     for name in one:
-        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
-    with CheckpointReader(tmp_path / "two") as r:
-        assert len(r.keys()) > 10
+        a, b = tmp_path / "one_sh" / name, tmp_path / "two_sh" / name
+        assert a.read_bytes() == b.read_bytes(), name
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".unverified")]
 
 
 def test_a_dead_rank_commits_nothing(tmp_path: Path) -> None:
     spec, t_dcp = _teacher(tmp_path)
-    run_job("convert", tmp_path, fails=True, crash=True,
-            **_job(spec, t_dcp, to_dcp=str(tmp_path / "two")))  # fmt: skip
+    calls = [_call(spec, t_dcp, to_dcp=str(tmp_path / "two"))]
+    run_job("convert", tmp_path, fails=True, crash=True, calls=calls)
     assert not (tmp_path / "two").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".unverified")]
-
-
-def test_ranks_with_different_arguments_are_refused(tmp_path: Path) -> None:
-    spec, t_dcp = _teacher(tmp_path)
-    ranks = run_job("convert", tmp_path, vary=True,
-                    **_job(spec, t_dcp, to_dcp=str(tmp_path / "two")))  # fmt: skip
-    for r in ranks:
-        assert "different arguments" in r["error"], r
-    assert not (tmp_path / "two").exists()
 
 
 def test_torchrun_command_line(tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--size-gb", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--only", default="", help="run the cases whose name holds this")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="morph-dist-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -103,6 +104,7 @@ def main() -> None:
             "dcp, 1 process, 1 thread": (one, env1, ["--to-dcp", str(work / "c")]),
             "dcp, 2 processes (torchrun)": (two, env, ["--to-dcp", str(work / "d")]),
         }
+        cases = {k: v for k, v in cases.items() if args.only in k}
         load = os.getloadavg()
         results: dict[str, tuple[float, list[int]]] = {}
         for _ in range(args.repeat):
@@ -114,7 +116,8 @@ def main() -> None:
                     results[name] = (wall, ranks)
         load_end = os.getloadavg()
         size_t = ckpt.stat().st_size
-        size_s = sum(p.stat().st_size for p in (work / "a").iterdir())
+        made = next(work / n for n in "acbd" if (work / n).is_dir())
+        size_s = sum(p.stat().st_size for p in made.iterdir())
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -127,6 +130,8 @@ def main() -> None:
         heaps = ", ".join(f"{h / MB:,.0f}" for h in ranks)
         print(f"  {name:34s} {wall:7.2f} s   peak RssAnon per process (MB): {heaps}")
     for kind in ("sharded", "dcp"):
+        if f"{kind}, 1 process" not in results:
+            continue
         w1 = results[f"{kind}, 1 process"][0]
         w2 = results[f"{kind}, 2 processes (torchrun)"][0]
         ok = "met" if w1 / w2 >= GOAL_SPEEDUP else "NOT met"

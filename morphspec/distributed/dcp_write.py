@@ -101,7 +101,11 @@ def write_dcp(
     """Write the student into the existing, empty `folder` (a staging folder). With
     `distributed`, every rank of the default process group calls this with its share."""
     state, producers = dcp_state(model, optim, groups)
-    writer = FileSystemWriter(str(folder), thread_count=threads, sync_files=True)
+    # one storage file per tensor: torch's writer keeps every tensor of a file until the file
+    # is closed (for its safetensors format), so per-tensor files keep the heap at `threads`
+    writer = FileSystemWriter(
+        str(folder), single_file_per_rank=False, thread_count=threads, sync_files=True
+    )
     try:
         with quiet_single_process():
             dcp.save(

@@ -130,7 +130,7 @@ def main() -> None:
         heaps = ", ".join(f"{h / MB:,.0f}" for h in ranks)
         print(f"  {name:34s} {wall:7.2f} s   peak RssAnon per process (MB): {heaps}")
     for kind in ("sharded", "dcp"):
-        if f"{kind}, 1 process" not in results:
+        if f"{kind}, 1 process" not in results or f"{kind}, 2 processes (torchrun)" not in results:
             continue
         w1 = results[f"{kind}, 1 process"][0]
         w2 = results[f"{kind}, 2 processes (torchrun)"][0]

@@ -19,9 +19,9 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,14 @@ from morphspec.checkpoint.output import (
     staging_file,
     staging_folder,
 )  # fmt: skip
-from morphspec.checkpoint.sharding import parse_size, write_sharded
+from morphspec.checkpoint.sharding import (
+    parse_size,
+    plan_shards,
+    shard_name,
+    write_index,
+    write_sharded,
+)  # fmt: skip
+from morphspec.checkpoint.writer import TensorEntry
 from morphspec.errors import Mark, MorphError, NotPreservingError
 from morphspec.growing import prepare
 from morphspec.growth.apply import student_entries
@@ -60,6 +67,8 @@ class ConvertResult:
     verification: Verification | None
     teacher_sha256: str | None
     family: Family
+    leader: bool = True
+    """False on the ranks of a torchrun job other than 0, which write their share only."""
 
     @property
     def warnings(self) -> list[str]:
@@ -141,6 +150,9 @@ def convert(
     progress: Callable[[int, int], None] | None = None,
     max_shard_size: int | str | None = None,
     to_hf: str | Path | None = None,
+    to_dcp: str | Path | None = None,
+    optimizer_state: str | Path | None = None,
+    optimizer_out: str | Path | None = None,
     **option_values: Any,
 ) -> ConvertResult:
     """Grow `checkpoint` (of `teacher_spec`) into the student; see the module docstring.
@@ -149,8 +161,17 @@ def convert(
     or as keywords of the same names, which override it. `max_shard_size` (bytes, or text
     such as `2GB`) writes a folder of shards at `output` instead of one file. `to_hf` (a
     folder, instead of `output`) writes a Hugging Face folder of the student, whose spec
-    must have an HF `naming`; `max_shard_size` then defaults to transformers' 5GB."""
+    must have an HF `naming`; `max_shard_size` then defaults to transformers' 5GB. `to_dcp`
+    (a folder, instead of `output`) writes a torch.distributed.checkpoint directory with
+    the grown optimizer state when the teacher has one: a DCP teacher's own, or
+    `optimizer_state`; `optimizer_out` writes the grown state on its own
+    (`distributed/convert_io.py`)."""
     opts = (options or GrowOptions()).with_values(**option_values)
+    ranks = _split(
+        teacher_spec, student_spec, checkpoint, output, opts, force, dry_run, verify,
+        teacher_set, student_set, max_shard_size, to_hf, to_dcp, optimizer_state, optimizer_out,
+    )  # fmt: skip
+    together = ranks.together if ranks is not None else _alone
     teacher, student, plan = plan_for(
         teacher_spec, student_spec, teacher_set, student_set, interleave=opts.interleave
     )
@@ -159,6 +180,13 @@ def convert(
     if limit is not None and output is None:
         out = out.with_suffix("")
     target: HFTarget | None = None
+    if to_dcp is not None:
+        if output is not None or to_hf is not None or limit is not None:
+            raise MorphError(
+                "--to-dcp names the output folder; drop -o, --to-hf and --max-shard-size",
+                Mark(str(to_dcp)),
+            )
+        out = Path(to_dcp)
     if to_hf is not None:
         if output is not None:
             raise MorphError(
@@ -172,9 +200,21 @@ def convert(
                 f"the output folder {out.parent} does not exist; create it first", Mark(str(out))
             )
         target = hf_target(student, Path(checkpoint), out.parent)
+    if ranks is not None and (to_hf is not None or optimizer_out is not None or (
+            to_dcp is None and limit is None)):  # fmt: skip
+        raise MorphError(
+            "under torchrun morph writes --to-dcp DIR or a sharded folder (-o DIR"
+            " --max-shard-size SIZE); run --to-hf, --optimizer-out or a single file without"
+            " torchrun"
+        )
     with open_checkpoint(checkpoint, teacher) as reader:
-        grower = prepare(plan, reader, opts, str(teacher_spec))
-        _check_output(out, reader, force, limit is not None, target is not None, teacher, student)
+        with together("checking the inputs"):
+            grower = prepare(plan, reader, opts, str(teacher_spec))
+            if to_dcp is None:
+                _check_output(
+                    out, reader, force, limit is not None, target is not None, teacher, student
+                )
+            dist = _distributed(reader, out, force, to_dcp, optimizer_state, optimizer_out, teacher)
         if dry_run:
             return ConvertResult(plan, out, False, None, None, grower)
         check_finite(reader)
@@ -188,34 +228,121 @@ def convert(
         total = sum(e.nbytes for e in entries)
         report = (lambda done: progress(done, total)) if progress else None
         staged = staging_file(out) if limit is None else staging_folder(out)
-        with _hashing(reader) as sha_future, staged as staging:
+        if to_dcp is not None:
+            staged = dist.staged_model(out)
+        if ranks is not None:
+            staged = ranks.staging(out)
+        with _hashing(reader) as sha_future, staged as staging, dist.optimizer_out(grower):
 
             def late() -> Mapping[str, str]:
                 return {**metadata, "morphspec.teacher_sha256": sha_future.result()}
 
-            if target is not None:
-                assert limit is not None
-                write_hf_folder(staging, target, entries, metadata, limit, report, late)
-            elif limit is None:
-                write_safetensors(staging, entries, metadata, progress=report, late=late)
-            else:
-                write_sharded(staging, entries, metadata, limit, progress=report, late=late)
+            with together("writing the student"):
+                if to_dcp is not None:
+                    dist.write_model(staging, grower, entries, report, ranks)
+                elif target is not None:
+                    assert limit is not None
+                    write_hf_folder(staging, target, entries, metadata, limit, report, late)
+                elif limit is None:
+                    write_safetensors(staging, entries, metadata, progress=report, late=late)
+                elif ranks is not None:
+                    write_share(staging, entries, metadata, limit, ranks, report, late)
+                else:
+                    write_sharded(staging, entries, metadata, limit, progress=report, late=late)
             sha = sha_future.result()
-            result = None
-            if verify:
-                result = verify_checkpoints(
-                    teacher, checkpoint, student, staging, opts.samples, opts.seed, opts.rtol,
-                    grower.modes,
-                )  # fmt: skip
-                if not result.passed and grower.exact and not grower.rescaler.inexact:
-                    raise NotPreservingError(
-                        f"the student does not reproduce the teacher: rel_err {result.rel_err:.3g}"
-                        f" > rtol {opts.rtol:g} (max_abs_err {result.max_abs_err:.3g});"
-                        " no output written",
-                        Mark(str(student_spec)),
-                    )
-            if limit is None:
-                commit(staging, out)
-            else:
-                commit_folder(staging, out, HF_FILES if target is not None else ())
-    return ConvertResult(plan, out, True, result, sha, grower)
+            with together("verifying and committing"):
+                result = None
+                if ranks is None or ranks.leader:
+                    result = _verified(verify, teacher, checkpoint, student, staging, opts, grower,
+                                       student_spec)  # fmt: skip
+                if ranks is not None:
+                    if ranks.leader:
+                        commit_folder(staging, out, dist.replaceable(out))
+                elif to_dcp is not None:
+                    dist.commit()
+                elif limit is None:
+                    commit(staging, out)
+                else:
+                    commit_folder(staging, out, HF_FILES if target is not None else ())
+                dist.commit_optimizer()
+    return ConvertResult(plan, out, True, result, sha, grower, ranks is None or ranks.leader)
+
+
+def _verified(
+    verify: bool,
+    teacher: Arch,
+    checkpoint: str | Path,
+    student: Arch,
+    staging: Path,
+    opts: GrowOptions,
+    grower: Family,
+    student_spec: str | Path,
+) -> Verification | None:
+    """The staged student checked against the teacher; NotPreservingError when an exact
+    family misses rtol."""
+    if not verify:
+        return None
+    rtol = opts.rtol
+    result = verify_checkpoints(
+        teacher, checkpoint, student, staging, opts.samples, opts.seed, rtol, grower.modes
+    )
+    if not result.passed and grower.exact and not grower.rescaler.inexact:
+        raise NotPreservingError(
+            f"the student does not reproduce the teacher: rel_err {result.rel_err:.3g}"
+            f" > rtol {rtol:g} (max_abs_err {result.max_abs_err:.3g}); no output written",
+            Mark(str(student_spec)),
+        )
+    return result
+
+
+def _alone(phase: str) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+def _split(*arguments: Any) -> Any:
+    """The ranks under torchrun (`distributed/ranks.py`), having checked that every rank
+    was given the same `arguments`; None in a single process."""
+    from morphspec.distributed.ranks import current_ranks, under_torchrun
+
+    if not under_torchrun():
+        return None
+    ranks = current_ranks()
+    if ranks is not None:
+        ranks.agree(repr(arguments))
+    return ranks
+
+
+def write_share(
+    folder: Path,
+    entries: Sequence[TensorEntry],
+    metadata: Mapping[str, str],
+    limit: int,
+    ranks: Any,
+    progress: Callable[[int], None] | None,
+    late: Callable[[], Mapping[str, str]],
+) -> None:
+    """This rank's shards of a sharded output (rank 0 writes the index too)."""
+    runs = plan_shards(entries, metadata, limit)
+    names = [shard_name(i + 1, len(runs)) for i in range(len(runs))]
+    sizes = [sum(e.nbytes for e in run) for run in runs]
+    for i in ranks.share(list(range(len(runs))), sizes):
+        write_safetensors(folder / names[i], runs[i], metadata, progress=progress, late=late)
+    if ranks.leader:
+        write_index(folder, names, runs)
+
+
+def _distributed(
+    reader: CheckpointReader,
+    out: Path,
+    force: bool,
+    to_dcp: str | Path | None,
+    optimizer_state: str | Path | None,
+    optimizer_out: str | Path | None,
+    teacher: Arch,
+) -> Any:
+    """The DCP output and optimizer state (`distributed/convert_io.py`), checked now."""
+    from morphspec.distributed.convert_io import DistributedOutput
+
+    return DistributedOutput.check(
+        reader, out, force, to_dcp, optimizer_state, optimizer_out, teacher
+    )

@@ -107,6 +107,10 @@ def grow(
     ..., as `options` or as keywords of the same names), checks and refusals as
     `morph convert`.
 
+    A model sharded with FSDP2 (`fully_shard`, DTensor parameters) comes back sharded the
+    same way, on the same mesh, and so does its optimizer (`morphspec.distributed.fsdp`);
+    every rank of the job calls `grow`.
+
     With `optimizer` (torch Adam, AdamW or SGD over the teacher's parameters), the result
     also carries an optimizer of the same class over the student's parameters whose state
     follows the growth (see `morphspec.growth.optim`). Verification (on by default) raises
@@ -114,6 +118,13 @@ def grow(
     """
     from morphspec.builder import build_arch
 
+    if isinstance(teacher, nn.Module) and _sharded(teacher):
+        from morphspec.distributed.fsdp import grow_sharded
+
+        return grow_sharded(
+            teacher, teacher_spec, student_spec, optimizer=optimizer, options=options,
+            verify=verify, teacher_set=teacher_set, student_set=student_set, **option_values,
+        )  # fmt: skip
     module = teacher if isinstance(teacher, nn.Module) else None
     state = dict(module.state_dict() if module is not None else teacher)  # type: ignore[arg-type]
     source = StateSource(state)
@@ -164,6 +175,15 @@ def grow(
             )
         result.optimizer, result.optimizer_state = map_optimizer(optimizer, module, student, grower)
     return result
+
+
+def _sharded(module: nn.Module) -> bool:
+    """Parameters are DTensors (FSDP2): growth goes through `distributed/fsdp.py`."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
 
 
 def _owned(tensor: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:

@@ -31,7 +31,7 @@ from morphspec.checkpoint.writer import (
 )
 from morphspec.errors import MorphError
 
-__all__ = ["parse_size", "plan_shards", "shard_name", "write_sharded"]
+__all__ = ["parse_size", "plan_shards", "shard_name", "write_index", "write_sharded"]
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
@@ -136,6 +136,12 @@ def write_sharded(
         stream.close()
         for shard in files:
             shard.close()
+    write_index(folder, names, runs)
+    return [folder / n for n in names]
+
+
+def write_index(folder: Path, names: Sequence[str], runs: Sequence[Sequence[TensorEntry]]) -> None:
+    """`model.safetensors.index.json` for shards `names` holding `runs`, fsynced."""
     weight_map = {e.key: name for name, run in zip(names, runs, strict=True) for e in run}
     total = sum(e.nbytes for run in runs for e in run)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -144,4 +150,3 @@ def write_sharded(
         index_file.write(text)
         index_file.flush()
         os.fsync(index_file.fileno())
-    return [folder / n for n in names]

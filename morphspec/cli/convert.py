@@ -28,11 +28,16 @@ EXAMPLES = """\
   morph convert mlp.yaml mlp_wide.yaml mlp.safetensors -o wide.safetensors --seed 3 --json
   morph convert t.yaml s.yaml t.safetensors --dry-run
   morph convert t.yaml s.yaml t.safetensors -o student/ --max-shard-size 2GB
-  morph convert gpt2.yaml gpt2_big.yaml ./gpt2 --to-hf ./gpt2-big"""
+  morph convert gpt2.yaml gpt2_big.yaml ./gpt2 --to-hf ./gpt2-big
+  morph convert t.yaml s.yaml ./step-1000 --to-dcp ./student-dcp
+  torchrun --nproc-per-node 2 -m morphspec convert t.yaml s.yaml ./step-1000 --to-dcp ./s"""
 
 CkptArg = Annotated[
     Path,
-    typer.Argument(metavar="CKPT", help="The teacher checkpoint (safetensors or sharded index)."),
+    typer.Argument(
+        metavar="CKPT",
+        help="The teacher checkpoint: safetensors, sharded index, HF folder or DCP folder.",
+    ),
 ]
 OutOpt = Annotated[
     Path | None,
@@ -61,6 +66,35 @@ ToHFOpt = Annotated[
         show_default=False,
     ),
 ]  # fmt: skip
+ToDCPOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--to-dcp", metavar="OUT_DIR",
+        help="Write a torch.distributed.checkpoint folder instead ({'model', 'optim'} as"
+        " get_state_dict gives them), with the grown optimizer state when the teacher has"
+        " one (a DCP teacher's own, or --optimizer-state).",
+        show_default=False,
+    ),
+]  # fmt: skip
+OptimizerStateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--optimizer-state", metavar="FILE",
+        help="The teacher's optimizer state (Adam, AdamW, SGD): a DCP folder, or an"
+        " optimizer.state_dict() file such as HF Trainer's optimizer.pt (read with"
+        " weights_only=True), its parameters in the spec's build order.",
+        show_default=False,
+    ),
+]  # fmt: skip
+OptimizerOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--optimizer-out", metavar="PATH",
+        help="Write the grown optimizer state here, in --optimizer-state's format (a torch"
+        " file, or a DCP folder).",
+        show_default=False,
+    ),
+]  # fmt: skip
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Check and plan; write nothing.")]
 NoVerifyOpt = Annotated[
     bool,
@@ -76,6 +110,9 @@ def convert(
     output: OutOpt = None,
     max_shard_size: ShardOpt = None,
     to_hf: ToHFOpt = None,
+    to_dcp: ToDCPOpt = None,
+    optimizer_state: OptimizerStateOpt = None,
+    optimizer_out: OptimizerOutOpt = None,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
@@ -101,6 +138,7 @@ def convert(
         result = run(
             teacher, student, checkpoint, output, force=force,
             dry_run=dry_run, verify=not no_verify, max_shard_size=max_shard_size, to_hf=to_hf,
+            to_dcp=to_dcp, optimizer_state=optimizer_state, optimizer_out=optimizer_out,
             **options,
             teacher_set=merge_sets(set_, teacher_set), student_set=merge_sets(set_, student_set),
             progress=progress,
@@ -110,7 +148,9 @@ def convert(
     for warning in result.warnings:
         out.warn(warning)
     v = result.verification
-    if result.written:
+    if result.written and not result.leader:
+        text = f"wrote this rank's share of {result.output}; rank 0 verified and committed it"
+    elif result.written:
         if v is None:
             checked = "; not verified (--no-verify)"
         else:

@@ -31,6 +31,8 @@ slice has c = 1 and keeps its state bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,7 +42,14 @@ from torch.optim import Optimizer
 from morphspec.errors import MorphError
 from morphspec.growth.families import Family, make_family
 
-__all__ = ["MomentMap", "map_optimizer", "moment_map"]
+__all__ = [
+    "MomentMap",
+    "grow_entry",
+    "map_optimizer",
+    "moment_map",
+    "state_family",
+    "student_groups",
+]
 
 SECOND_MOMENTS = frozenset({"exp_avg_sq", "max_exp_avg_sq"})
 
@@ -96,7 +105,7 @@ def _not_monomial(family: Family, key: str) -> MorphError:
     )
 
 
-def _state_family(family: Family) -> Family:
+def state_family(family: Family) -> Family:
     """The same family and plan with its free parameters at zero (see the module doc)."""
     options = dataclasses.replace(family.options, init_scale=0.0, noise=0.0)
     return make_family(family.name, family.plan, options, family.rescaler.get)
@@ -122,47 +131,25 @@ def map_optimizer(
         names[id(p)]: i
         for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])
     }
-    plan = family.plan
-    mapper = _state_family(family)
-    groups: list[list[nn.Parameter]] = [[] for _ in optimizer.param_groups]
-    keys: list[list[str]] = [[] for _ in optimizer.param_groups]
-    teacher_keys = dict(teacher.named_parameters())
-    made: dict[str, str] = {}  # the key the family made it under (interleaved blocks move)
-    sources: dict[str, str] = {}  # the teacher tensor it starts from (ode-refine: a step)
-    for name, p in student.named_parameters():
-        made[name] = plan.source_key(name)
-        src = sources[name] = family.source_key(made[name])
-        if src in teacher_keys and src not in group_of:
-            continue  # the teacher's optimizer did not train it: neither does the student's
-        ref = src if src in group_of else plan.reference_key(src)
-        g = group_of.get(ref, 0) if ref is not None else 0
-        groups[g].append(p)
-        keys[g].append(name)
-    new = type(optimizer)([{"params": ps} for ps in groups], **optimizer.defaults)
+    teacher_shapes = {k: tuple(p.shape) for k, p in teacher.named_parameters()}
+    params = dict(student.named_parameters())
+    keys = student_groups(
+        family, list(params), teacher_shapes, group_of, len(optimizer.param_groups)
+    )
+    # AdamW's defaults hold `decoupled_weight_decay`, which its constructor does not take;
+    # the groups' hyperparameters are restored from the teacher's below anyway.
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    new = type(optimizer)([{"params": [params[k] for k in ks]} for ks in keys], **defaults)
     state_dict = new.state_dict()
     flat = [k for ks in keys for k in ks]
+    mapper = state_family(family)
     state: dict[int, dict[str, Any]] = {}
     for i, name in enumerate(flat):
-        src = sources[name]
+        src = family.source_key(family.plan.source_key(name))
         old = old_state.get(t_index.get(src, -1))
-        if not old:
-            continue  # a new parameter (or one never stepped) starts from zero state
-        tshape = tuple(teacher_keys[src].shape)
-        key = made[name]
-        mmap = moment_map(mapper, key, tshape) if tshape != tuple(student.get_parameter(
-            name).shape) or mapper.rescaler.touches(key) or key != src else None  # fmt: skip
-        entry: dict[str, Any] = {}
-        for k, v in old.items():
-            if isinstance(v, torch.Tensor) and tuple(v.shape) == tshape and v.dim() > 0:
-                if mmap is None:
-                    entry[k] = v.clone()
-                elif k in SECOND_MOMENTS:
-                    entry[k] = mmap.apply(v, 2, fill=float(v.double().mean()))
-                else:
-                    entry[k] = mmap.apply(v, 1)
-            else:
-                entry[k] = v.clone() if isinstance(v, torch.Tensor) else v
-        state[i] = entry
+        if old:  # a new parameter (or one never stepped) starts from zero state
+            state[i] = grow_entry(mapper, name, old, teacher_shapes[src], tuple(params[name].shape))
     saved = optimizer.state_dict()["param_groups"]
     state_dict["state"] = state
     state_dict["param_groups"] = [
@@ -171,3 +158,53 @@ def map_optimizer(
     ]
     new.load_state_dict(state_dict)
     return new, new.state_dict()
+
+
+def student_groups(
+    family: Family,
+    student_params: Sequence[str],
+    teacher_params: Collection[str],
+    group_of: Mapping[str, int],
+    groups: int,
+) -> list[list[str]]:
+    """The student's parameters in each of the teacher optimizer's `groups`, in build order:
+    a parameter joins its source's group (a new block's: the teacher's last copy's, else
+    group 0); one whose source the teacher's optimizer did not train stays out too."""
+    plan = family.plan
+    keys: list[list[str]] = [[] for _ in range(groups)]
+    for name in student_params:
+        src = family.source_key(plan.source_key(name))
+        if src in teacher_params and src not in group_of:
+            continue
+        ref = src if src in group_of else plan.reference_key(src)
+        keys[group_of.get(ref, 0) if ref is not None else 0].append(name)
+    return keys
+
+
+def grow_entry(
+    mapper: Family,
+    name: str,
+    old: Mapping[str, Any],
+    teacher_shape: tuple[int, ...],
+    student_shape: tuple[int, ...],
+) -> dict[str, Any]:
+    """The optimizer state of student parameter `name` from its source's state `old`;
+    `mapper` is `state_family(family)`. Tensors of the parameter's shape follow the growth
+    (see the module doc); anything else (`step`) is copied."""
+    key = mapper.plan.source_key(name)
+    tshape = tuple(int(d) for d in teacher_shape)
+    moves = tshape != tuple(student_shape) or mapper.rescaler.touches(key)
+    moves = moves or key != mapper.source_key(key)
+    mmap = moment_map(mapper, key, tshape) if moves else None
+    entry: dict[str, Any] = {}
+    for k, v in old.items():
+        if isinstance(v, torch.Tensor) and tuple(v.shape) == tshape and v.dim() > 0:
+            if mmap is None:
+                entry[k] = v.clone()
+            elif k in SECOND_MOMENTS:
+                entry[k] = mmap.apply(v, 2, fill=float(v.double().mean()))
+            else:
+                entry[k] = mmap.apply(v, 1)
+        else:
+            entry[k] = v.clone() if isinstance(v, torch.Tensor) else v
+    return entry

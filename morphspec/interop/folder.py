@@ -5,7 +5,8 @@ their index, all checked by the reader) that answers in the spec's keys: each ke
 is computed on demand from the folder's tensor by the family's `KeyMap` (a rename, a
 transpose, a slice of a fused tensor). Nothing is copied to disk, and every missing,
 unexpected or mis-shaped tensor is reported under the folder's own name before any
-tensor is read. `open_checkpoint` is what every command uses: for a spec with an HF
+tensor is read. `open_checkpoint` is what every command uses: a DCP directory is read by
+`distributed/dcp_source.py`; for a spec with an HF
 `naming` it returns this view, unless the checkpoint holds the spec's own keys (one that
 morph wrote); for a morphspec spec, the plain reader.
 """
@@ -33,6 +34,14 @@ def open_checkpoint(path: str | os.PathLike[str], arch: Arch) -> CheckpointReade
     """The reader for `path` as `arch` names it: a view of an HF folder, or the file itself."""
     p = Path(path)
     naming = arch.spec.naming
+    if p.is_dir() and (p / ".metadata").is_file():  # torch.distributed.checkpoint
+        from morphspec.distributed.dcp_source import DCPSource
+        from morphspec.distributed.torchtitan import TorchtitanView, is_torchtitan
+
+        source = DCPSource(p)
+        if naming == "hf-llama" and is_torchtitan(source):
+            return TorchtitanView(source, arch)
+        return source
     if naming == "morphspec":
         if p.is_dir() and (p / "config.json").is_file():
             raise CheckpointError(

@@ -16,7 +16,8 @@ EXAMPLES = """\
 
 
 def families(as_json: JsonOpt = False) -> None:
-    """Print what each family (r2r, net2net, netmorph, randpad, ode-refine) needs of a
+    """Print what each family (r2r, net2net, netmorph, randpad, ode-refine,
+    stack) needs of a
     network and what it guarantees; `morph convert` checks these before it touches a tensor."""
     out = Output(as_json)
     table = Table(title="growth families", title_justify="left", show_lines=True)

@@ -120,7 +120,10 @@ def plan_table(plan: Plan, family: str = "r2r") -> Table:
                 how = f"+{op.new - op.old}, new rows of the tied K zero"
             table.add_row("widen", where, f"{op.old} -> {op.new} ({how})")
         elif isinstance(op, InsertBlocks):
-            table.add_row("insert blocks", op.repeat, f"{op.old_times} -> {op.new_times} copies")
+            how = f" (copy j of j mod {op.old_times})" if family == "stack" else ""
+            table.add_row(
+                "insert blocks", op.repeat, f"{op.old_times} -> {op.new_times} copies{how}"
+            )
         elif isinstance(op, InsertLayers):
             table.add_row("insert layers", ", ".join(op.layers), "new, between teacher layers")
         elif isinstance(op, InterleaveBlocks):

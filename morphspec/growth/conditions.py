@@ -133,4 +133,21 @@ FAMILY_CONDITIONS: dict[str, Conditions] = {
         kernel_morph=True,
         noise="none",
     ),
+    # stack: the class and its summary are morphspec/growth/families/stack.py
+    "stack": Conditions(
+        family="stack",
+        widen_activations="refused (widths must be equal)",
+        deepen="G_stack: new repeat copy j = teacher copy j mod L (the whole stack repeated,"
+        " cut at the student's depth), bit for bit; optimizer state copied with it",
+        deepen_activations="any",
+        function_preserving="no (copied blocks add to the stream again; the deviation is reported)",
+        requires_noise=False,
+        residual_streams=True,
+        free_parameters="none (copies)",
+        preserves_parameters=True,
+        new_layers="copies of a repeat's blocks only",
+        new_channels="none",
+        kernel_morph=False,
+        noise="none",
+    ),
 }

@@ -22,7 +22,7 @@ __all__ = [
     "option_infos",
 ]
 
-FamilyName = Literal["r2r", "net2net", "netmorph", "randpad", "ode-refine"]
+FamilyName = Literal["r2r", "net2net", "netmorph", "randpad", "ode-refine", "stack"]
 InitMode = Literal["match", "he"]
 NetmorphZero = Literal["out", "in"]
 NewBlocks = Literal["fresh", "copy"]

@@ -12,6 +12,7 @@ from morphspec.growth.families.netmorph import NetMorph
 from morphspec.growth.families.ode_refine import OdeRefine
 from morphspec.growth.families.r2r import R2R
 from morphspec.growth.families.randpad import RandPad
+from morphspec.growth.families.stack import Stack
 from morphspec.growth.plan import Plan
 
 __all__ = ["FAMILIES", "Family", "GrowOptions", "RescaleMode", "make_family"]
@@ -22,6 +23,7 @@ FAMILIES: dict[str, type[Family]] = {
     "netmorph": NetMorph,
     "randpad": RandPad,
     "ode-refine": OdeRefine,
+    "stack": Stack,
 }
 
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 from payoff_report import plot, summarise, table
-from payoff_train import ARMS, run_arm
+from payoff_train import ARMS, run_arm, same_students
 
 Key = tuple[str, float, float, int]  # arm, lr, grow_frac, seed
 LRS = {"gpt": "2e-3,4e-3,8e-3", "cnn": "1e-3,3e-3,1e-2"}
@@ -76,8 +76,9 @@ def work(task_name: str, quick: bool, key: Key) -> dict[str, Any]:
 class Scheduler:
     """Submits runs when their settings are known; collects results by key."""
 
-    def __init__(self, pool: Executor | None, args: argparse.Namespace, done: dict[Key, Any]):
-        self.pool, self.args, self.done = pool, args, done
+    def __init__(self, pool: Executor | None, args: argparse.Namespace, done: dict[Key, Any],
+                 alias: dict[str, str]):  # fmt: skip
+        self.pool, self.args, self.done, self.alias = pool, args, done, alias
         self.pending: dict[Future[dict[str, Any]], Key] = {}
         self.wanted: dict[Key, int] = {}
         self.log = args.log.open("a") if args.log else None
@@ -134,8 +135,11 @@ def tune_and_run(sched: Scheduler, args: argparse.Namespace) -> dict[str, dict[s
     lrs, fracs = args.lrs, args.grow_fracs
     mid = fracs[len(fracs) // 2]
     state: dict[str, dict[str, Any]] = {a: {"stage": "lr"} for a in args.arms}
+    for arm, rep in sched.alias.items():
+        state[arm]["same_as"] = rep
     while True:
-        for rank, (arm, st) in enumerate(state.items()):
+        for rank, (name, st) in enumerate(state.items()):
+            arm = st.get("same_as", name)  # whose runs these are (identical students)
             grown = ARMS[arm].kind == "grown"
             frac = mid if grown else 0.0
             if st["stage"] == "lr":
@@ -188,7 +192,8 @@ def _floats(text: str) -> list[float]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=["gpt", "cnn"], default="gpt")
-    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated; see payoff_train")
+    p.add_argument("--arms", help="comma-separated (payoff_train.ARMS); default: all for gpt,"
+                   " the plain ones for cnn")  # fmt: skip
     p.add_argument("--lrs", type=_floats, help="learning rates to sweep (>= 3)")
     p.add_argument(
         "--grow-fracs",
@@ -207,7 +212,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="skip the runs already in --log")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    args.arms = [a for a in args.arms.split(",") if a]
+    plain = [a for a in ARMS if not ARMS[a].remedy]
+    args.arms = [a for a in args.arms.split(",") if a] if args.arms else (
+        list(ARMS) if args.task == "gpt" else plain)  # fmt: skip
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown or not {"scratch-big", "scratch-small"} <= set(args.arms):
         p.error(f"--arms: unknown {unknown}; scratch-big and scratch-small are required")
@@ -232,7 +239,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     task = make_task(args.task, args.quick)
     pool = ProcessPoolExecutor(args.jobs) if args.jobs > 1 else None
     try:
-        state = tune_and_run(Scheduler(pool, args, done), args)
+        alias = same_students(task, [ARMS[a] for a in args.arms])
+        for arm, rep in alias.items():
+            print(f"{arm}: the same student and optimizer state as {rep}, bit for bit; its"
+                  f" runs are {rep}'s")  # fmt: skip
+        state = tune_and_run(Scheduler(pool, args, done, alias), args)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -242,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["tuning"] = {
         a: {k: st[k] for k in ("lr_sweep", "frac_sweep") if k in st} for a, st in state.items()
     }
+    summary["same_students"] = alias
     summary["remedies"] = {a: ARMS[a].remedy for a in args.arms if ARMS[a].remedy}
     summary["config"] = {**task.describe(), "lrs": args.lrs, "grow_fracs": args.grow_fracs,
                          "runs": len(done)}  # fmt: skip

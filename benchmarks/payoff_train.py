@@ -181,3 +181,46 @@ def run_arm(task: Task, arm: Arm, lr: float, grow_frac: float, seed: int,
     info["steps"] = run.steps
     info["seconds"] = time.perf_counter() - start
     return info
+
+
+def same_students(task: Task, arms: list[Arm], seed: int = 0) -> dict[str, str]:
+    """Arms whose growth makes the same student and optimizer state as an earlier arm's,
+    bit for bit (depth-only growth of residual blocks: net2net borrows netmorph's zero last
+    layer), mapped to that arm: their runs would repeat its runs exactly. Checked on a
+    teacher with random weights after two Adam steps, so that every tensor and moment is
+    generic."""
+    torch.manual_seed(seed)
+    teacher = morphspec.build(task.teacher)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.normal_(0, 0.5)
+    opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
+    sampler = task.sampler(seed)
+    for _ in range(2):
+        x, y = task.batch(sampler)
+        opt.zero_grad()
+        task.loss(teacher, x, y).backward()
+        opt.step()
+    seen: list[tuple[Arm, dict[str, Tensor]]] = []
+    alias: dict[str, str] = {}
+    for arm in arms:
+        if arm.kind != "grown":
+            continue
+        assert arm.family is not None
+        grown = morphspec.grow(teacher, task.teacher, task.student, optimizer=opt,
+                               family=arm.family, seed=seed, verify=False,
+                               **dict(arm.options))  # fmt: skip
+        assert grown.optimizer is not None
+        state = dict(grown.student.state_dict())
+        for i, p in enumerate(grown.student.parameters()):
+            for k, v in grown.optimizer.state[p].items():
+                state[f"opt.{i}.{k}"] = v
+        for other, other_state in seen:
+            if other.rewarm == arm.rewarm and state.keys() == other_state.keys() and all(
+                torch.equal(v, other_state[k]) for k, v in state.items()
+            ):  # fmt: skip
+                alias[arm.name] = other.name
+                break
+        else:
+            seen.append((arm, state))
+    return alias

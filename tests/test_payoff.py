@@ -80,6 +80,9 @@ def test_quick_run(tmp_path: Path) -> None:
                 assert min(rel) > 1e-3  # stacking changes the function
             else:
                 assert max(rel) < 1e-4  # float32, exact families
+    assert summary["same_students"] == {"grown-net2net": "grown-netmorph"}
+    net2net, netmorph = doc["arms"]["grown-net2net"], doc["arms"]["grown-netmorph"]
+    assert net2net["final_loss"] == netmorph["final_loss"]
     assert len(summary["tuning"]["grown-r2r"]["frac_sweep"]) == 3
     assert len(summary["tuning"]["scratch-big"]["lr_sweep"]) == 3
     seeds = {json.loads(line)["key"][3] for line in log.read_text().splitlines()}
@@ -95,3 +98,27 @@ def test_reported_and_tuning_seeds_must_differ(capsys: pytest.CaptureFixture[str
         payoff.parse(["--seeds", "0,1,2", "--tuning-seeds", "2,3"])
     assert err.value.code == 2
     assert "must not overlap" in capsys.readouterr().err
+
+
+def test_shapes_are_seeded_balanced_and_distinct() -> None:
+    import torch
+    from payoff_cnn import draw_shapes
+
+    x, y = draw_shapes(2000, torch.Generator().manual_seed(3), 0.25)
+    again, _ = draw_shapes(2000, torch.Generator().manual_seed(3), 0.25)
+    assert x.shape == (2000, 1, 16, 16) and torch.equal(x, again)
+    counts = torch.bincount(y, minlength=10)
+    assert int(counts.min()) > 150  # ten classes, about 200 each
+    clean, cls = draw_shapes(2000, torch.Generator().manual_seed(3), 0.0)
+    means = torch.stack([clean[cls == c].mean(0) for c in range(10)]).flatten(1)
+    assert float(torch.cdist(means, means).add(torch.eye(10) * 9).min()) > 0.1
+
+
+@pytest.mark.slow
+def test_quick_cnn_run(tmp_path: Path) -> None:
+    arms = "scratch-big,scratch-small,grown-stack,grown-r2r"
+    summary = payoff.main(["--task", "cnn", "--quick", "--quiet", "--arms", arms,
+                           "--plot", str(tmp_path / "p.png")])  # fmt: skip
+    assert list(summary["arms"]) == arms.split(",")
+    rel = summary["arms"]["grown-r2r"]["growth"]["0"]["rel_err"]
+    assert rel < 1e-4  # the zero-gain batchnorm: exact in eval mode

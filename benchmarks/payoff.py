@@ -45,7 +45,7 @@ from payoff_report import plot, summarise, table
 from payoff_train import ARMS, run_arm, same_students
 
 Key = tuple[str, float, float, int]  # arm, lr, grow_frac, seed
-LRS = {"gpt": "2e-3,4e-3,8e-3", "cnn": "1e-3,3e-3,1e-2"}
+LRS = {"gpt": "4e-3,8e-3,1.6e-2", "cnn": "1e-3,3e-3,1e-2"}
 _TASKS: dict[tuple[str, bool], Any] = {}
 
 

@@ -41,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from payoff_report import plot, summarise, table
+from payoff_report import growth_table, plot, summarise, table, tuning_table
 from payoff_train import ARMS, run_arm, same_students
 
 Key = tuple[str, float, float, int]  # arm, lr, grow_frac, seed
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["config"] = {**task.describe(), "lrs": args.lrs, "grow_fracs": args.grow_fracs,
                          "runs": len(done)}  # fmt: skip
     summary["meta"] = _meta(start, load)
-    print(table(summary))
+    print(table(summary), tuning_table(summary), growth_table(summary), sep="\n\n")
     print(f"budget {task.budget:.3g} FLOPs, {task.tokens_per_param:.1f} tokens per parameter;"
           f" wall {summary['meta']['wall_seconds']:.0f} s")  # fmt: skip
     path = args.plot or Path(f"payoff_{args.task}.png")

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["first_reach", "plot", "summarise", "table"]
+__all__ = ["first_reach", "growth_table", "plot", "summarise", "table", "tuning_table"]
 
 
 def first_reach(curve: list[list[float]], target: float) -> float | None:
@@ -115,6 +115,30 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def tuning_table(summary: dict[str, Any]) -> str:
+    """Each arm's mean final loss on the tuning seeds per lr and per growth point."""
+    lines = ["| arm | final loss by lr (tuning seeds) | by growth point, at the chosen lr |",
+             "| --- | --- | --- |"]  # fmt: skip
+    for arm, t in summary["tuning"].items():
+        lrs = ", ".join(f"{k}: {v:.4f}" for k, v in t.get("lr_sweep", {}).items())
+        fracs = ", ".join(f"{float(k):.0%}: {v:.4f}" for k, v in t.get("frac_sweep", {}).items())
+        lines.append(f"| {arm} | {lrs} | {fracs or '—'} |")
+    return "\n".join(lines)
+
+
+def growth_table(summary: dict[str, Any]) -> str:
+    """At the growth (reported seeds): validation loss before and after, and rel_err."""
+    lines = ["| arm | val loss before → after growth (per seed) | rel_err |", "| --- | --- | --- |"]
+    for arm, a in summary["arms"].items():
+        if "growth" not in a:
+            continue
+        g = list(a["growth"].values())
+        moves = ", ".join(f"{x['val_before']:.4f} → {x['val_after']:.4f}" for x in g)
+        rel = max(x["rel_err"] for x in g if x["rel_err"] is not None)
+        lines.append(f"| {arm} | {moves} | {rel:.2g} |")
+    return "\n".join(lines)
+
+
 def plot(summary: dict[str, Any], path: Path, title: str) -> bool:
     """Mean curve per arm and the frontier (thick black); False without matplotlib."""
     try:
@@ -153,4 +177,6 @@ if __name__ == "__main__":  # redraw a plot from a --json file: payoff_report.py
     import sys
 
     doc = json.loads(Path(sys.argv[1]).read_text())
-    print("plot:", plot(doc, Path(sys.argv[2]), f"payoff: {doc['config']['student']}"))
+    print(table(doc), tuning_table(doc), growth_table(doc), sep="\n\n")
+    if len(sys.argv) > 2:
+        print("plot:", plot(doc, Path(sys.argv[2]), f"payoff: {doc['config']['student']}"))

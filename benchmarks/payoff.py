@@ -7,7 +7,9 @@ teacher T alone for the whole budget), `grown-r2r`, `grown-net2net`, `grown-netm
 budget, at which S has seen >= 20 tokens per non-embedding parameter (`--task gpt`).
 
 Tuning, never on a reported seed: each arm's learning rate is chosen from `--lrs` by the
-mean final validation loss over `--tuning-seeds` (grown arms at the middle growth point);
+mean final validation loss over `--tuning-seeds` (grown arms at the middle growth point;
+when the best value is at an edge of the grid, the grid grows by a factor 2 beyond it, at
+most twice, so a chosen lr is never the last one tried unless the limit was hit);
 then each grown arm's growth point from `--grow-fracs` (fractions of the budget spent on
 the teacher) at that learning rate, the same way. The chosen settings are then run on
 `--seeds`, and only those runs are reported. Runs start as soon as what they depend on is
@@ -45,6 +47,7 @@ from payoff_report import growth_table, plot, summarise, table, tuning_table
 from payoff_train import ARMS, run_arm, same_students
 
 Key = tuple[str, float, float, int]  # arm, lr, grow_frac, seed
+EXTEND = 2  # lr values added beyond an edge of --lrs when the best one is at that edge
 LRS = {"gpt": "4e-3,8e-3,1.6e-2", "cnn": "1e-3,3e-3,1e-2"}
 _TASKS: dict[tuple[str, bool], Any] = {}
 
@@ -143,10 +146,16 @@ def tune_and_run(sched: Scheduler, args: argparse.Namespace) -> dict[str, dict[s
             grown = ARMS[arm].kind == "grown"
             frac = mid if grown else 0.0
             if st["stage"] == "lr":
-                cands = [[(arm, lr, frac, s) for s in args.tuning_seeds] for lr in lrs]
+                grid = st.setdefault("lrs", list(lrs))
+                cands = [[(arm, lr, frac, s) for s in args.tuning_seeds] for lr in grid]
                 if not sched.need([k for ks in cands for k in ks], rank):
-                    st["lr"] = lrs[_best(sched.done, cands)]
-                    st["lr_sweep"] = _sweep(sched.done, cands, lrs)
+                    best = _best(sched.done, cands)
+                    if best in (0, len(grid) - 1) and len(grid) < len(lrs) + EXTEND:
+                        # the best is at an edge: try one more value beyond it, x2 or /2
+                        grid.insert(0, grid[0] / 2) if best == 0 else grid.append(grid[-1] * 2)
+                        continue
+                    st["lr"] = grid[best]
+                    st["lr_sweep"] = _sweep(sched.done, cands, grid)
                     st["stage"] = "frac" if grown else "report"
             if st["stage"] == "frac":
                 cands = [[(arm, st["lr"], f, s) for s in args.tuning_seeds] for f in fracs]

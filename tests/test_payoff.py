@@ -65,7 +65,8 @@ def test_quick_run(tmp_path: Path) -> None:
     assert doc["budget_flops"] > 0 and doc["tokens_per_param"] >= 2.0
     for name, arm in doc["arms"].items():
         assert arm["tuning_seeds"] == [100] and arm["seeds"] == [0, 1]
-        assert arm["lr"] in payoff._floats(payoff.LRS["gpt"])
+        assert f"{arm['lr']:g}" in summary["tuning"][name]["lr_sweep"]
+        assert len(summary["tuning"][name]["lr_sweep"]) >= 3
         for seed in ("0", "1"):
             curve = arm["curves"][seed]
             flops = [f for f, _ in curve]
@@ -84,7 +85,6 @@ def test_quick_run(tmp_path: Path) -> None:
     net2net, netmorph = doc["arms"]["grown-net2net"], doc["arms"]["grown-netmorph"]
     assert net2net["final_loss"] == netmorph["final_loss"]
     assert len(summary["tuning"]["grown-r2r"]["frac_sweep"]) == 3
-    assert len(summary["tuning"]["scratch-big"]["lr_sweep"]) == 3
     seeds = {json.loads(line)["key"][3] for line in log.read_text().splitlines()}
     assert seeds == {100, 0, 1}
     lines = len(log.read_text().splitlines())

@@ -50,6 +50,14 @@ ARMS: dict[str, Arm] = {
         Arm("grown-netmorph", "grown", "netmorph"),
         Arm("grown-net2net", "grown", "net2net"),
         Arm(
+            "grown-netmorph-copy",
+            "grown",
+            "netmorph",
+            (("new_blocks", "copy"), ("interleave", True)),
+            remedy="new blocks copy the teacher's last block, out-projections zero, interleaved"
+            " (LLaMA-Pro): trained weights, still exact",
+        ),
+        Arm(
             "grown-r2r-rewarm",
             "grown",
             "r2r",
@@ -62,14 +70,6 @@ ARMS: dict[str, Arm] = {
             "r2r",
             (("init_scale", 3.0),),
             remedy="R2R's free half (U, c, Z) drawn at 3x the matched scale",
-        ),
-        Arm(
-            "grown-netmorph-copy",
-            "grown",
-            "netmorph",
-            (("new_blocks", "copy"), ("interleave", True)),
-            remedy="new blocks copy the teacher's last block, out-projections zero, interleaved"
-            " (LLaMA-Pro): trained weights, still exact",
         ),
     )
 }

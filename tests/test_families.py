@@ -219,7 +219,7 @@ def test_families_command_prints_the_matrix() -> None:
     import json
 
     doc = json.loads(result.stdout)
-    assert set(doc["families"]) == {"r2r", "net2net", "netmorph", "randpad", "ode-refine"}
+    assert set(doc["families"]) == {"r2r", "net2net", "netmorph", "randpad", "ode-refine", "stack"}
     assert doc["families"]["net2net"]["preserves_parameters"] is False
     assert doc["families"]["netmorph"]["kernel_morph"] is True
 

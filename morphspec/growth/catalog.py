@@ -54,6 +54,8 @@ class FamilyInfo:
     """Refines reversible units (h / r, r times the steps) instead of appending steps."""
     pairs: bool = False
     """Widens by (L, R) pairs of channels, plus at most one unpaired channel (R2R)."""
+    stacks: bool = False
+    """New repeat copy j is teacher copy j mod L, the whole stack repeated (G_stack)."""
 
     def load(self) -> Any:
         """The family's class (imports torch); its `name` and `exact` must agree."""
@@ -170,6 +172,29 @@ _FAMILIES = (
             new_layers="steps of hamiltonian, midpoint, leapfrog",
             new_channels="any",
             kernel_morph=True,
+            noise="none",
+        ),
+    ),
+    FamilyInfo(
+        "stack",
+        "morphspec.growth.families.stack:Stack",
+        exact=False,
+        stacks=True,
+        conditions=Conditions(
+            family="stack",
+            widen_activations="refused (widths must be equal)",
+            deepen="G_stack: new repeat copy j = teacher copy j mod L (the whole stack"
+            " repeated, cut at the student's depth), bit for bit; optimizer state copied with it",
+            deepen_activations="any",
+            function_preserving="no (copied blocks add to the stream again; the deviation is"
+            " reported)",
+            requires_noise=False,
+            residual_streams=True,
+            free_parameters="none (copies)",
+            preserves_parameters=True,
+            new_layers="copies of a repeat's blocks only",
+            new_channels="none",
+            kernel_morph=False,
             noise="none",
         ),
     ),

@@ -48,7 +48,8 @@ def describe(plan: Plan, family: str = "r2r") -> list[PlanRow]:
                 how = f"+{op.new - op.old}, new rows of the tied K zero"
             rows.append(PlanRow("widen", where, f"{op.old} -> {op.new} ({how})"))
         elif isinstance(op, InsertBlocks):
-            change = f"{op.old_times} -> {op.new_times} copies"
+            how = f" (copy j of j mod {op.old_times})" if info.stacks else ""
+            change = f"{op.old_times} -> {op.new_times} copies{how}"
             rows.append(PlanRow("insert blocks", op.repeat, change))
         elif isinstance(op, InsertLayers):
             change = "new, between teacher layers"

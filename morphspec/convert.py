@@ -33,6 +33,7 @@ from morphspec.checkpoint.output import (
     check_target,
     commit,
     commit_folder,
+    folder_inputs,
     staging_file,
     staging_folder,
 )  # fmt: skip
@@ -45,7 +46,7 @@ from morphspec.growth.options import GrowOptions
 from morphspec.growth.plan import Plan, plan_for
 from morphspec.interop.exporter import DEFAULT_SHARD_BYTES
 from morphspec.interop.folder import open_checkpoint
-from morphspec.interop.hf_output import HF_FILES, HFTarget, hf_target, write_hf_folder
+from morphspec.interop.hf_output import HFTarget, hf_target, write_hf_folder
 from morphspec.spec.load import SetArg
 from morphspec.verify import Verification, verify_checkpoints
 
@@ -88,14 +89,16 @@ def default_output(student_spec: str | Path, student: Arch) -> Path:
 
 
 def _check_output(
-    out: Path, reader: CheckpointReader, force: bool, sharded: bool, hf: bool, *archs: Arch
+    out: Path, reader: CheckpointReader, force: bool, sharded: bool, teacher: Path, *archs: Arch
 ) -> None:
     """The output must be a regular file (a folder of shards, or an HF folder, when sharded)
-    or nothing, and none of the files this run reads."""
+    or nothing, and none of the files (or the teacher's folder) this run reads."""
     inputs: list[tuple[str | Path, str]] = [(p, "the teacher checkpoint") for p in reader.paths]
+    if teacher.is_dir():
+        inputs += folder_inputs(teacher, "the teacher folder")
     inputs += [(f, f"the spec file {f}") for arch in archs for f in arch.spec.files]
     if sharded:
-        check_folder_target(out, force=force, inputs=inputs, also=HF_FILES if hf else ())
+        check_folder_target(out, force=force, inputs=inputs)
     else:
         check_target(out, force=force, inputs=inputs)
 
@@ -173,7 +176,7 @@ def convert(
         target = hf_target(student, Path(checkpoint), out.parent)
     with open_checkpoint(checkpoint, teacher) as reader:
         grower = prepare(plan, reader, opts, str(teacher_spec))
-        _check_output(out, reader, force, limit is not None, target is not None, teacher, student)
+        _check_output(out, reader, force, limit is not None, Path(checkpoint), teacher, student)
         if dry_run:
             return ConvertResult(plan, out, False, None, None, grower)
         check_finite(reader)
@@ -220,5 +223,5 @@ def convert(
             if limit is None:
                 commit(staging, out)
             else:
-                commit_folder(staging, out, HF_FILES if target is not None else ())
+                commit_folder(staging, out)
     return ConvertResult(plan, out, True, result, sha, grower)

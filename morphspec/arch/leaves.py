@@ -6,6 +6,7 @@ element-wise work (norms, activations, pooling, bias) is not counted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -263,5 +264,10 @@ def make(
 ) -> Node:
     """A leaf node with its output shape, parameter shapes and FLOPs."""
     args = dict(args)
+    eps = args.get("eps")
+    if eps is not None and not (math.isfinite(eps) and eps > 0):
+        raise ShapeError(
+            f"eps must be a finite number > 0 (0 or below makes NaN), got {eps}", "eps"
+        )
     out, params, flops = RULES[kind](args, inp)
     return Node(kind, name, path, args, inp, out, mark, params=params, flops=flops)

@@ -140,6 +140,13 @@ class _Resolver(Values):
         if isinstance(layer, m.Repeat):
             return self.repeat(layer, loc, env, shape, name, path)
         args = self.leaf_args(layer, loc, env)
+        if isinstance(args.get("steps"), int):  # a reversible unit's steps are layers too,
+            self.made += args["steps"]  # counted before any of them is expanded
+            if self.made > limit(MAX_LAYERS):
+                raise SpecError(
+                    over(MAX_LAYERS, f"'steps: {args['steps']}' makes the number of layers, which"),
+                    self.mark((*loc, "steps")),
+                )
         if isinstance(layer, m.Linear) and layer.tie is not None:
             if layer.bias and "bias" in layer.model_fields_set:
                 raise SpecError(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from morphspec.arch import Arch, Node, resolve
-from morphspec.errors import Mark, MorphError
+from morphspec.errors import ArgumentError, Mark, MorphError
 from morphspec.spec import Spec, load_spec
 from morphspec.spec.load import SetArg
 
@@ -270,10 +270,12 @@ def probe(
     """
     from torch import nn
 
+    from morphspec.arguments import check_samples
+
     if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon > 0):
-        raise MorphError(f"epsilon must be a positive number, got {epsilon}")
-    if batch < 1 or (samples is not None and samples < 1):
-        raise MorphError(f"batch and samples must be at least 1, got {batch} and {samples}")
+        raise ArgumentError(f"epsilon must be a positive number, got {epsilon}")
+    for name, value in (("batch", batch), ("samples", 1 if samples is None else samples)):
+        check_samples(value, name)
     if isinstance(model_or_spec, nn.Module):
         if spec is None:
             raise MorphError(
@@ -319,6 +321,8 @@ def _inputs(
     if tokens != (not data.is_floating_point()):
         need = "integer token ids" if tokens else "floating-point values"
         raise MorphError(f"inputs are {data.dtype}, but spec '{arch.name}' takes {need}", where)
+    if not tokens and not bool(torch.isfinite(data).all()):
+        raise MorphError("inputs hold NaN or infinite values; probe measures finite ones", where)
     if tokens:
         vocab = min((n.args["vocab"] for n in arch.nodes() if n.kind == "embedding"), default=0)
         if vocab and (int(data.min()) < 0 or int(data.max()) >= vocab):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -40,7 +41,7 @@ def parse_size(text: str) -> int:
         value = float(number)
     except ValueError:
         value = -1.0
-    if unit not in _UNITS or value <= 0:
+    if unit not in _UNITS or not (math.isfinite(value) and value * _UNITS[unit] >= 1):
         raise typer.BadParameter(f"'{text}' is not a size such as 5GB, 200MB or 4096")
     return int(value * _UNITS[unit])
 

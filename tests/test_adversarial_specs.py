@@ -183,3 +183,51 @@ def test_extends_refusal_points_at_the_student(tmp_path: Path) -> None:
     bad = write(tmp_path, "t.yaml", MLP.replace("out: 3", "out: 0"))
     assert bad == t
     refused(invoke("validate", str(s2)), f"{t}:8:")
+
+
+# -- issue 18: limits that escaped, values that make NaN ------------------------------------
+REVERSIBLE = """\
+morphspec: 1
+name: rev
+input: {shape: [4, 8, 8]}
+body:
+  - hamiltonian: {name: unit, steps: 10000000, hidden: 4, h: 0.1}
+"""
+
+
+@pytest.mark.parametrize("kind", ["hamiltonian", "midpoint", "leapfrog"])
+def test_reversible_steps_count_toward_the_layer_limit(tmp_path: Path, kind: str) -> None:
+    spec = write(tmp_path, "rev.yaml", REVERSIBLE.replace("hamiltonian", kind))
+    start = time.perf_counter()
+    refused(invoke("validate", str(spec)), f"{spec}:5:", "'steps: 10000000'", "MORPH_MAX_LAYERS")
+    assert time.perf_counter() - start < 10
+    few = write(
+        tmp_path, "few.yaml", REVERSIBLE.replace("10000000", "3").replace("hamiltonian", kind)
+    )
+    refused(invoke("validate", str(few), MORPH_MAX_LAYERS="3"), "limit of 3")
+    assert invoke("validate", str(few), MORPH_MAX_LAYERS="5").exit_code == 0
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "1e3", "-5", "0", "ten", "0x10"])
+def test_limits_take_ascii_digits_only(tmp_path: Path, value: str) -> None:
+    spec = write(tmp_path, "t.yaml", MLP)
+    result = invoke("validate", str(spec), MORPH_MAX_LAYERS=value)
+    refused(result, f"MORPH_MAX_LAYERS={value!r} is not a positive whole number (digits 0-9)")
+    assert invoke("validate", str(spec), MORPH_MAX_LAYERS=" 12 ").exit_code == 0
+
+
+@pytest.mark.parametrize("eps", ["0", "-1e-5", "-1", ".nan", ".inf"])
+@pytest.mark.parametrize("layer", ["layernorm", "rmsnorm", "batchnorm"])
+def test_norm_eps_that_makes_nan_is_refused(tmp_path: Path, layer: str, eps: str) -> None:
+    shape = "[4, 6, 6]" if layer == "batchnorm" else "[4]"
+    text = f"""\
+    morphspec: 1
+    name: n
+    input: {{shape: {shape}}}
+    body:
+      - {layer}: {{name: norm, eps: {eps}}}
+    """
+    spec = write(tmp_path, "n.yaml", text)
+    err = refused(invoke("validate", str(spec)), f"{spec}:5:")
+    words = "non-finite number" if eps in (".nan", ".inf") else "eps must be a finite number > 0"
+    assert words in err, err

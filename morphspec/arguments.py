@@ -33,7 +33,7 @@ SUPPORTED_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
 )
 
 
-def check_teacher(teacher: object) -> Mapping[str, torch.Tensor]:
+def check_teacher(teacher: object, what: str = "teacher") -> Mapping[str, torch.Tensor]:
     """A module or a state_dict of tensors, none on the meta device; its tensors by name."""
     if isinstance(teacher, nn.Module):
         state: Mapping[str, Any] = teacher.state_dict()
@@ -41,18 +41,18 @@ def check_teacher(teacher: object) -> Mapping[str, torch.Tensor]:
         state = teacher
     else:
         raise ArgumentTypeError(
-            f"teacher must be a torch nn.Module or a state_dict (a mapping of names to"
+            f"{what} must be a torch nn.Module or a state_dict (a mapping of names to"
             f" tensors), not {type(teacher).__name__}"
         )
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise ArgumentTypeError(
-                f"teacher state_dict entry '{key}' is a {type(value).__name__}, not a tensor"
+                f"{what} state_dict entry '{key}' is a {type(value).__name__}, not a tensor"
             )
         if value.is_meta:
             raise ArgumentError(
-                f"teacher tensor '{key}' is on the meta device: it has a shape but no values;"
-                " load the teacher's weights first (e.g. model.to_empty(device='cpu') then"
+                f"{what} tensor '{key}' is on the meta device: it has a shape but no values;"
+                f" load the {what}'s weights first (e.g. model.to_empty(device='cpu') then"
                 " load_state_dict)"
             )
     return state

@@ -270,7 +270,7 @@ def probe(
     """
     from torch import nn
 
-    from morphspec.arguments import check_samples
+    from morphspec.arguments import check_samples, check_teacher
 
     if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon > 0):
         raise ArgumentError(f"epsilon must be a positive number, got {epsilon}")
@@ -282,6 +282,7 @@ def probe(
                 "probe(model) needs spec= (the model's spec or Arch) to find its blocks"
             )
         arch, model = _arch_of(spec, set), model_or_spec
+        check_teacher(model, "model")  # not on the meta device
     else:
         from morphspec.api import build, load
 

@@ -122,6 +122,10 @@ def test_probe_checks_samples_batch_and_inputs(tmp_path: Path) -> None:
     with pytest.raises(MorphError, match="NaN or infinite"):
         probe(spec, inputs=bad)
     assert probe(spec, samples=4).samples == 4
+    with torch.device("meta"):
+        model = morphspec.build(spec)
+    with pytest.raises(ValueError, match=r"model tensor 'r\.fc\.weight' is on the meta device"):
+        probe(model, spec=spec)
 
 
 def test_a_frozen_teacher_grows_a_frozen_student(specs: tuple[Path, Path]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 from pathlib import Path
@@ -31,6 +32,11 @@ def hf(tmp_path: Path) -> tuple[Path, Path]:
     return folder, spec
 
 
+def snapshot_of(root: Path, name: str) -> dict[str, bytes | str]:
+    """`snapshot` of root/name with keys relative to root."""
+    return {f"{name}/{k}": v for k, v in snapshot(root / name).items()} | {name: "dir"}
+
+
 def export(spec: Path, folder: Path, out: Path, *extra: str) -> object:
     return invoke("export-hf", str(spec), str(folder), "-o", str(out), *extra)
 
@@ -46,7 +52,14 @@ def test_export_hf_force_never_wipes_a_folder_of_user_files(
     before = snapshot(tmp_path)
     refused(export(spec, folder, project, "--force"), f"{project}: ", "did not write")
     refused(export(spec, folder, tmp_path, "--force"), "which this command reads")  # holds t.yaml
-    assert snapshot(tmp_path) == before
+    source = tmp_path / "src"
+    shutil.copytree(folder, source)
+    for target in (source, source / "sub", folder):
+        result = export(spec, folder, target, "--source", str(source), "--force")
+        refused(
+            result, f"{target}: ", "this command reads" if target != source / "sub" else "inside"
+        )
+    assert snapshot(tmp_path) == {**before, **snapshot_of(tmp_path, "src")}
     out = tmp_path / "out"
     assert export(spec, folder, out).exit_code == 0  # morph's own folder, marked
     assert export(spec, folder, out, "--force").exit_code == 0  # so --force replaces it

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from morphspec.arch import Arch
+from morphspec.arguments import check_options
 from morphspec.checkpoint import CheckpointReader, check_finite, make_metadata, write_safetensors
 from morphspec.checkpoint.output import (
     check_folder_target,
@@ -153,6 +154,7 @@ def convert(
     folder, instead of `output`) writes a Hugging Face folder of the student, whose spec
     must have an HF `naming`; `max_shard_size` then defaults to transformers' 5GB."""
     opts = replace(options or GrowOptions(), **option_values)
+    check_options(opts)
     family, seed, rtol, samples = opts.family, opts.seed, opts.rtol, opts.samples
     init, init_scale, noise, rescale = opts.init, opts.init_scale, opts.noise, opts.rescale
     teacher, student, plan = plan_for(teacher_spec, student_spec, teacher_set, student_set)

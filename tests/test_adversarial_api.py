@@ -138,3 +138,16 @@ def test_a_frozen_teacher_grows_a_frozen_student(specs: tuple[Path, Path]) -> No
     assert frozen == {"fc1.weight", "fc1.bias"}
     unfrozen = morphspec.grow(morphspec.build(t), t, s).student
     assert all(p.requires_grad for p in unfrozen.parameters())
+
+
+def test_convert_checks_its_options_too(specs: tuple[Path, Path], tmp_path: Path) -> None:
+    from morphspec.convert import convert
+
+    t, s = specs
+    ckpt = morphspec.save(morphspec.build(t), tmp_path / "t.safetensors", t)
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(ValueError, match="samples must be at least 1, got 0"):
+        convert(t, s, ckpt, out, samples=0)
+    with pytest.raises(TypeError, match="seed must be an int, not str"):
+        convert(t, s, ckpt, out, seed="1")
+    assert not out.exists()

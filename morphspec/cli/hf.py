@@ -117,7 +117,8 @@ def export_hf(
     above --shard-size) that transformers' from_pretrained loads strictly.
 
     The spec must declare an HF `naming` (as `morph import-hf` writes it). The folder is
-    written beside the output and renamed into place when complete."""
+    written beside the output and renamed into place when complete; an existing one is
+    replaced (with --force) only when it is empty or one morph wrote."""
     from morphspec.interop import export_hf as run
 
     out = Output(as_json)

@@ -190,3 +190,17 @@ def test_output_folder_marks_commits_and_cleans_up(tmp_path: Path) -> None:
     with pytest.raises(MorphError, match="lies inside the source"):
         output_folder(source / "x", force=True, inputs=[(source, "the source")]).__enter__()
     assert hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("target", [".", "..", "/"])
+def test_outputs_need_a_name_of_their_own(
+    hf: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    folder, spec = hf
+    work = tmp_path / "empty"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = snapshot(tmp_path)
+    refused(export(spec, folder, Path(target), "--force"))
+    refused(invoke("import-hf", str(folder), "-o", target, "--force"))
+    assert snapshot(tmp_path) == before

@@ -163,6 +163,12 @@ def _refuse_link(out: Path) -> None:
 
 
 def _refuse_missing_parent(out: Path) -> None:
+    if out.name in ("", ".", "..") or out.resolve() == out.resolve().parent:
+        raise MorphError(
+            f"the output {out} names no file or folder of its own (it is '.', '..' or the"
+            " root); give it a name, such as ./out",
+            Mark(str(out)),
+        )
     if not out.parent.is_dir():
         raise MorphError(
             f"the output folder {out.parent} does not exist; create it first", Mark(str(out))

@@ -21,7 +21,7 @@ from torch import nn
 
 from morphspec.arch import Arch
 from morphspec.defaults import DEFAULT_RTOL
-from morphspec.errors import MorphError
+from morphspec.errors import ArgumentError, MorphError
 
 MAX_INPUT_BYTES = 2 << 30  # seeded inputs: far more samples than a check needs
 
@@ -102,8 +102,8 @@ def compare(
     with run_mode(teacher, mode), run_mode(student, mode):
         t = teacher(inputs).double()
         s = student(inputs).double()
-    if t.shape != s.shape:
-        raise MorphError(
+    if t.shape != s.shape:  # a ValueError to Python callers, a clean refusal to the CLI
+        raise ArgumentError(
             f"teacher output {tuple(t.shape)} and student output {tuple(s.shape)} differ"
         )
     if not bool(torch.isfinite(t).all()):

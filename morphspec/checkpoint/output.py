@@ -36,8 +36,6 @@ then stage, write, verify and commit in one block:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import json
 import os
 import shutil
@@ -46,8 +44,9 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from morphspec.checkpoint.fsops import STAGING_SUFFIX, default_mode, disk_error, exchange, umask
 from morphspec.checkpoint.signals import Terminated, terminate_as_interrupt
-from morphspec.errors import CheckpointError, Mark, MorphError
+from morphspec.errors import Mark, MorphError
 
 __all__ = [
     "MARKER",
@@ -68,31 +67,10 @@ __all__ = [
     "write_text_atomic",
 ]
 
-STAGING_SUFFIX = ".unverified"
 MARKER = ".morph-output"  # in a folder morph wrote: JSON {"morph_output": 1, "files": [...]}
 _MARKER_MAX = 1 << 20
 
 Inputs = Iterable[tuple[str | os.PathLike[str], str]]  # (path, what it is: "the spec file")
-
-
-def default_mode() -> int:
-    """0666 & ~umask: what `open(..., 'w')` or `cp` gives a new file."""
-    return 0o666 & ~_umask()
-
-
-def _umask() -> int:
-    """The umask, read from /proc where it can be (setting it to read it back races with
-    other threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _lstat(path: Path) -> os.stat_result | None:
@@ -323,7 +301,7 @@ def commit_folder(staged: Path, output: Path) -> None:
     names = sorted(p.name for p in staged.iterdir() if p.name != MARKER)
     text = json.dumps({"morph_output": 1, "files": names}, indent=1) + "\n"
     (staged / MARKER).write_text(text, encoding="utf-8")
-    os.chmod(staged, 0o777 & ~_umask())  # what mkdir gives (mkdtemp makes 0700)
+    os.chmod(staged, 0o777 & ~umask())  # what mkdir gives (mkdtemp makes 0700)
     for entry in staged.iterdir():
         if entry.is_file() and not entry.is_symlink():
             os.chmod(entry, default_mode())
@@ -340,7 +318,7 @@ def commit_folder(staged: Path, output: Path) -> None:
             " nothing written",
             Mark(str(output)),
         )
-    if _exchange(staged, output):
+    if exchange(staged, output):
         return
     aside = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".old"))
     try:
@@ -364,44 +342,6 @@ def output_folder(
     with staging_folder(out) as staged:
         yield staged
         commit_folder(staged, out)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unavailable."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def disk_error(err: OSError, target: Path) -> MorphError | None:
-    """A located message for a full disk or quota, naming the file; None for other errors."""
-    if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return None
-    reason = os.strerror(err.errno or errno.ENOSPC).lower()
-    target = _visible(target)
-    return CheckpointError(
-        f"{reason} while writing {target}; nothing was written (the partial file was removed):"
-        " free space or choose another -o",
-        mark=Mark(str(target)),
-    )
-
-
-def _visible(path: Path) -> Path:
-    """The output a staging file stands for (`.NAME.xxxx.unverified` -> `NAME`)."""
-    name = path.name
-    if name.startswith(".") and name.endswith(STAGING_SUFFIX):
-        return path.with_name(name[1:].rsplit(".", 2)[0])
-    return path
 
 
 def write_text_atomic(output: Path, text: str) -> None:

@@ -106,6 +106,7 @@ def _run(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # two interpreters, so a regression times out instead of hanging
 def test_a_fifo_config_or_index_is_refused_without_hanging(tmp_path: Path) -> None:
     folder = hf_folder(tmp_path)
     (folder / "config.json").unlink()

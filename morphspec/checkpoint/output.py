@@ -26,11 +26,14 @@ then stage, write, verify and commit in one block:
         write(staged)                  # leaving the block normally commits by rename;
                                        # an exception or signal removes `staged`
 
-    with output_folder(path, force=force, inputs=...) as staging:   # a folder writer
-        (staging / "config.json").write_text(...)   # marked and committed on exit
+    inputs = [*folder_inputs(teacher_dir, "the teacher folder"), (spec, "the spec file")]
+    check_folder_target(out_dir, force=force, inputs=inputs)   # early, e.g. before growth
+    with output_folder(out_dir, force=force, inputs=inputs) as staging:  # HF, DCP, shards
+        (staging / "config.json").write_text(...)   # flat files; marked and committed on exit
 
-`check_*` raise `MorphError` (exit 1) naming the target and the fix. The lower-level
-`staging_file`/`commit` and `staging_folder`/`commit_folder` are the same steps apart.
+`folder_inputs` lists an input folder and each entry in it. `check_*` raise `MorphError`
+(exit 1) naming the target and the fix. The lower-level `staging_file`/`commit` and
+`staging_folder`/`commit_folder` are the same steps apart.
 """
 
 from __future__ import annotations

@@ -52,10 +52,12 @@ def load(
 
     Every missing, unexpected or mis-shaped key is listed by name in the error.
     """
+    from morphspec.arguments import check_dtype
     from morphspec.builder import build_arch
     from morphspec.checkpoint import check_keys
     from morphspec.interop.folder import open_checkpoint
 
+    check_dtype(dtype)
     arch = _arch(spec_path, set)
     model = build_arch(arch)
     if dtype is not None:

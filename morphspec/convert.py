@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from morphspec.arch import Arch
+from morphspec.arguments import check_options
 from morphspec.checkpoint import CheckpointReader, check_finite, make_metadata, write_safetensors
 from morphspec.checkpoint.output import (
     check_folder_target,
     check_target,
     commit,
     commit_folder,
+    folder_inputs,
     staging_file,
     staging_folder,
 )  # fmt: skip
@@ -52,7 +54,7 @@ from morphspec.growth.options import GrowOptions
 from morphspec.growth.plan import Plan, plan_for
 from morphspec.interop.exporter import DEFAULT_SHARD_BYTES
 from morphspec.interop.folder import open_checkpoint
-from morphspec.interop.hf_output import HF_FILES, HFTarget, hf_target, write_hf_folder
+from morphspec.interop.hf_output import HFTarget, hf_target, write_hf_folder
 from morphspec.spec.load import SetArg
 from morphspec.verify import Verification, verify_checkpoints
 
@@ -98,14 +100,16 @@ def default_output(student_spec: str | Path, student: Arch) -> Path:
 
 
 def _check_output(
-    out: Path, reader: CheckpointReader, force: bool, sharded: bool, hf: bool, *archs: Arch
+    out: Path, reader: CheckpointReader, force: bool, sharded: bool, teacher: Path, *archs: Arch
 ) -> None:
     """The output must be a regular file (a folder of shards, or an HF folder, when sharded)
-    or nothing, and none of the files this run reads."""
+    or nothing, and none of the files (or the teacher's folder) this run reads."""
     inputs: list[tuple[str | Path, str]] = [(p, "the teacher checkpoint") for p in reader.paths]
+    if teacher.is_dir():
+        inputs += folder_inputs(teacher, "the teacher folder")
     inputs += [(f, f"the spec file {f}") for arch in archs for f in arch.spec.files]
     if sharded:
-        check_folder_target(out, force=force, inputs=inputs, also=HF_FILES if hf else ())
+        check_folder_target(out, force=force, inputs=inputs)
     else:
         check_target(out, force=force, inputs=inputs)
 
@@ -167,6 +171,7 @@ def convert(
     `optimizer_state`; `optimizer_out` writes the grown state on its own
     (`distributed/convert_io.py`)."""
     opts = (options or GrowOptions()).with_values(**option_values)
+    check_options(opts)
     ranks = _split(
         teacher_spec, student_spec, checkpoint, output, opts, force, dry_run, verify,
         teacher_set, student_set, max_shard_size, to_hf, to_dcp, optimizer_state, optimizer_out,
@@ -212,7 +217,7 @@ def convert(
             grower = prepare(plan, reader, opts, str(teacher_spec))
             if to_dcp is None:
                 _check_output(
-                    out, reader, force, limit is not None, target is not None, teacher, student
+                    out, reader, force, limit is not None, Path(checkpoint), teacher, student
                 )
             dist = _distributed(reader, out, force, to_dcp, optimizer_state, optimizer_out, teacher)
         if dry_run:
@@ -257,13 +262,13 @@ def convert(
                                        student_spec)  # fmt: skip
                 if ranks is not None:
                     if ranks.leader:
-                        commit_folder(staging, out, dist.replaceable(out))
+                        commit_folder(staging, out)
                 elif to_dcp is not None:
                     dist.commit()
                 elif limit is None:
                     commit(staging, out)
                 else:
-                    commit_folder(staging, out, HF_FILES if target is not None else ())
+                    commit_folder(staging, out)
                 dist.commit_optimizer()
     return ConvertResult(plan, out, True, result, sha, grower, ranks is None or ranks.leader)
 

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from morphspec.arch import Arch
+from morphspec.defaults import MAX_LR, MAX_TRAIN_STEPS
+from morphspec.errors import MorphError
 from morphspec.verify import run_mode, sample_inputs
 
 __all__ = ["DEFAULT_LR", "Drift", "OptimizerName", "drift_ratio"]
@@ -50,6 +52,18 @@ class Drift:
         return {**asdict(self), "drift_ratio": self.ratio}
 
 
+def _check(steps: int, optimizer: str, lr: float) -> None:
+    """Steps in [0, MAX_TRAIN_STEPS], a known optimizer, a finite rate in (0, MAX_LR]."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= MAX_TRAIN_STEPS:
+        raise MorphError(
+            f"--train-steps must be a whole number from 0 to {MAX_TRAIN_STEPS}, got {steps!r}"
+        )
+    if optimizer not in DEFAULT_LR:
+        raise MorphError(f"--optimizer must be one of {', '.join(DEFAULT_LR)}, got {optimizer!r}")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr <= MAX_LR:
+        raise MorphError(f"--lr must be a finite number in (0, {MAX_LR:g}], got {lr!r}")
+
+
 def _optimizer(name: OptimizerName, params: Any, lr: float) -> torch.optim.Optimizer:
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
@@ -70,14 +84,24 @@ def _targets(arch: Arch, out: torch.Tensor, gen: torch.Generator) -> torch.Tenso
     return torch.randint(0, classes, shape, generator=gen).to(out.device)
 
 
+def _batch(arch: Arch, batch: int, seed: int, like: torch.Tensor) -> torch.Tensor:
+    """One seeded batch, in the dtype and on the device of the models' parameters."""
+    x = sample_inputs(arch, batch, seed)
+    return (x.to(like.dtype) if x.is_floating_point() else x).to(like.device)
+
+
 def _train(
-    model: nn.Module, arch: Arch, name: OptimizerName, lr: float, batches: list[torch.Tensor],
+    model: nn.Module, arch: Arch, name: OptimizerName, lr: float, steps: int, batch: int,
     seed: int,
 ) -> None:  # fmt: skip
+    """`steps` steps, each on its own seeded batch drawn only when it is needed (so memory
+    does not grow with the steps)."""
     opt = _optimizer(name, [p for p in model.parameters() if p.requires_grad], lr)
     gen = torch.Generator().manual_seed(seed + 1)
+    like = next(model.parameters())
     with run_mode(model, "train"):
-        for x in batches:
+        for i in range(steps):
+            x = _batch(arch, batch, seed + 1 + i, like)
             out = model(x)
             loss = _loss(out, _targets(arch, out, gen), arch)
             opt.zero_grad(set_to_none=True)
@@ -105,17 +129,12 @@ def drift_ratio(
     """Train copies of both models `steps` steps on identical batches; see the module doc.
     The models passed in are not changed."""
     rate = DEFAULT_LR[optimizer] if lr is None else lr
-    param = next(teacher.parameters())
-    probe = sample_inputs(arch, batch, seed)
-    batches = [sample_inputs(arch, batch, seed + 1 + i) for i in range(steps)]
-    if probe.is_floating_point():
-        probe = probe.to(param.dtype)
-        batches = [b.to(param.dtype) for b in batches]
-    probe, batches = probe.to(param.device), [b.to(param.device) for b in batches]
+    _check(steps, optimizer, rate)
+    probe = _batch(arch, batch, seed, next(teacher.parameters()))
     t, s = copy.deepcopy(teacher), copy.deepcopy(student)
     before = _outputs(copy.deepcopy(teacher), probe)
-    _train(t, arch, optimizer, rate, batches, seed)
-    _train(s, arch, optimizer, rate, batches, seed)
+    _train(t, arch, optimizer, rate, steps, batch, seed)
+    _train(s, arch, optimizer, rate, steps, batch, seed)
     teacher_moved = float((_outputs(t, probe) - before).norm())
     student_moved = float((_outputs(s, probe) - before).norm())
     return Drift(steps, optimizer, rate, student_moved, teacher_moved)

@@ -16,6 +16,8 @@ __all__ = [
     "EXIT_NOT_PRESERVING",
     "EXIT_OK",
     "EXIT_USAGE",
+    "ArgumentError",
+    "ArgumentTypeError",
     "CheckpointError",
     "Mark",
     "MorphError",
@@ -73,6 +75,15 @@ class MorphError(Exception):
             problems = [problems]
         self.problems: list[Problem] = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ArgumentError(MorphError, ValueError):
+    """An API argument out of range (`samples=0`, a model on the meta device): a ValueError
+    to Python callers, a located problem (exit 1) to the CLI."""
+
+
+class ArgumentTypeError(MorphError, TypeError):
+    """An API argument of the wrong type (a dtype given as a string): a TypeError too."""
 
 
 class SpecError(MorphError):

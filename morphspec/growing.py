@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from morphspec.arch import Arch, resolve
+from morphspec.arguments import check_optimizer, check_options, check_teacher
 from morphspec.checkpoint import check_keys
 from morphspec.checkpoint.finite import check_finite_tensors
-from morphspec.errors import Mark, MorphError, NotPreservingError, closest
+from morphspec.errors import CheckpointError, Mark, MorphError, NotPreservingError, closest
 from morphspec.growth.apply import StateSource, TensorSource, student_entries
 from morphspec.growth.families import FAMILIES, Family, make_family
 from morphspec.growth.interleave import interleave
@@ -52,7 +53,22 @@ def prepare(plan: Plan, source: TensorSource, options: GrowOptions, teacher_labe
     if options.family not in FAMILIES:
         raise MorphError(f"unknown family '{options.family}'{closest(options.family, FAMILIES)}")
     check_keys(source, plan.teacher.state_shapes(), teacher_label)
+    _check_dtypes(source, teacher_label)
     return make_family(options.family, plan, options, source.get)
+
+
+def _check_dtypes(source: TensorSource, label: str) -> None:
+    """Weights are floating point (an int32 teacher once failed deep inside torch); only a
+    scalar counter such as batchnorm's `num_batches_tracked` may be an integer."""
+    for key in source.keys():  # noqa: SIM118 - a TensorSource has keys(), no __iter__
+        dtype = source.dtype(key)
+        if not dtype.is_floating_point and source.shape(key) != ():
+            raise CheckpointError(
+                f"tensor '{key}' of the teacher is {str(dtype).removeprefix('torch.')}; growth"
+                " needs floating-point weights (float16, bfloat16, float32 or float64): cast"
+                " the checkpoint first",
+                Mark(label),
+            )
 
 
 def _label(spec: SpecLike, arch: Arch) -> str:
@@ -126,9 +142,11 @@ def grow(
             verify=verify, teacher_set=teacher_set, student_set=student_set, **option_values,
         )  # fmt: skip
     module = teacher if isinstance(teacher, nn.Module) else None
-    state = dict(module.state_dict() if module is not None else teacher)  # type: ignore[arg-type]
+    check_optimizer(optimizer)
+    state = dict(check_teacher(teacher))
     source = StateSource(state)
     opts = (options or GrowOptions()).with_values(**option_values)
+    check_options(opts)
     seed, rtol, samples = opts.seed, opts.rtol, opts.samples
     t_arch = _arch(teacher_spec, teacher_set)
     plan = diff(t_arch, _arch(student_spec, student_set))
@@ -148,6 +166,7 @@ def grow(
     student.to(device)
     training = module.training if module is not None else False
     student.train(training)
+    _keep_frozen(student, module, plan)
 
     ver = train_ver = None
     if verify:
@@ -184,6 +203,16 @@ def _sharded(module: nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def _keep_frozen(student: nn.Module, teacher: nn.Module | None, plan: Plan) -> None:
+    """A student parameter grown from a frozen teacher parameter stays frozen."""
+    if teacher is None:
+        return
+    frozen = {name for name, p in teacher.named_parameters() if not p.requires_grad}
+    for name, p in student.named_parameters():
+        if plan.source_key(name) in frozen:
+            p.requires_grad_(False)
 
 
 def _owned(tensor: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:

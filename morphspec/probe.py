@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from morphspec.arch import Arch, resolve
-from morphspec.errors import Mark, MorphError
+from morphspec.errors import ArgumentError, MorphError
 from morphspec.probe_sections import POINTS, Point, Section, find_sections
 from morphspec.spec import Spec, load_spec
 from morphspec.spec.load import SetArg
@@ -42,14 +42,11 @@ __all__ = [
     "Section",
     "SectionStat",
     "find_sections",
-    "load_inputs",
     "probe",
     "recommended_blocks",
 ]
 
 DEFAULT_EPSILON = 0.1
-DEFAULT_SAMPLES = 256
-INPUTS_KEY = "inputs"
 
 
 def recommended_blocks(scaled_distance: float, epsilon: float, blocks: int) -> int:
@@ -148,16 +145,20 @@ def probe(
     """
     from torch import nn
 
+    from morphspec.arguments import check_samples, check_teacher
+    from morphspec.probe_inputs import probe_inputs
+
     if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon > 0):
-        raise MorphError(f"epsilon must be a positive number, got {epsilon}")
-    if batch < 1 or (samples is not None and samples < 1):
-        raise MorphError(f"batch and samples must be at least 1, got {batch} and {samples}")
+        raise ArgumentError(f"epsilon must be a positive number, got {epsilon}")
+    for name, value in (("batch", batch), ("samples", 1 if samples is None else samples)):
+        check_samples(value, name)
     if isinstance(model_or_spec, nn.Module):
         if spec is None:
             raise MorphError(
                 "probe(model) needs spec= (the model's spec or Arch) to find its blocks"
             )
         arch, model = _arch_of(spec, set), model_or_spec
+        check_teacher(model, "model")  # not on the meta device
     else:
         from morphspec.api import build, load
 
@@ -170,53 +171,9 @@ def probe(
             " there is nothing to probe",
             arch.spec.mark(("body",)),
         )
-    data = _inputs(arch, inputs, samples, seed)
+    data = probe_inputs(arch, inputs, samples, seed)
     sums = _measure(model, [p for s in layout for p in s.points], data, batch)
     return _report(arch, layout, sums, int(data.shape[0]), float(epsilon))
-
-
-def _inputs(
-    arch: Arch, inputs: torch.Tensor | str | Path | None, samples: int | None, seed: int
-) -> torch.Tensor:
-    import torch
-
-    if inputs is None:
-        from morphspec.verify import sample_inputs
-
-        return sample_inputs(arch, samples or DEFAULT_SAMPLES, seed)
-    where = Mark(str(inputs)) if not isinstance(inputs, torch.Tensor) else None
-    data = inputs if isinstance(inputs, torch.Tensor) else load_inputs(inputs)
-    want = (*arch.input.dims,)
-    if data.dim() != len(want) + 1 or tuple(data.shape[1:]) != want or data.shape[0] < 1:
-        raise MorphError(
-            f"inputs have shape {list(data.shape)}, but spec '{arch.name}' takes"
-            f" [N, {', '.join(map(str, want))}] (N samples of its input shape {list(want)})",
-            where,
-        )
-    tokens = arch.input.dtype == "int64"
-    if tokens != (not data.is_floating_point()):
-        need = "integer token ids" if tokens else "floating-point values"
-        raise MorphError(f"inputs are {data.dtype}, but spec '{arch.name}' takes {need}", where)
-    if tokens:
-        vocab = arch.vocab() or 0
-        if vocab and (int(data.min()) < 0 or int(data.max()) >= vocab):
-            raise MorphError(f"token ids must lie in [0, {vocab}) for spec '{arch.name}'", where)
-    return data[:samples] if samples else data
-
-
-def load_inputs(path: str | Path) -> torch.Tensor:
-    """Tensor `inputs` of a safetensors file, with a clear error when it is not there."""
-    from morphspec.checkpoint import CheckpointReader
-
-    with CheckpointReader(path) as reader:
-        if INPUTS_KEY not in reader:
-            found = ", ".join(sorted(reader)[:5]) or "none"
-            raise MorphError(
-                f"no tensor '{INPUTS_KEY}' in the file (tensors: {found}); save the samples"
-                f" as {{'{INPUTS_KEY}': tensor}}",
-                Mark(str(path)),
-            )
-        return reader.get(INPUTS_KEY)
 
 
 def _measure(

@@ -21,13 +21,14 @@ from torch import nn
 
 from morphspec.arch import Arch
 from morphspec.defaults import DEFAULT_RTOL
-from morphspec.errors import MorphError
+from morphspec.errors import ArgumentError, MorphError
 
 MAX_INPUT_BYTES = 2 << 30  # seeded inputs: far more samples than a check needs
 
 __all__ = [
     "Mode",
     "Verification",
+    "check_comparable",
     "compare",
     "run_mode",
     "sample_inputs",
@@ -101,14 +102,34 @@ def compare(
     with run_mode(teacher, mode), run_mode(student, mode):
         t = teacher(inputs).double()
         s = student(inputs).double()
-    if t.shape != s.shape:
-        raise ValueError(
+    if t.shape != s.shape:  # a ValueError to Python callers, a clean refusal to the CLI
+        raise ArgumentError(
             f"teacher output {tuple(t.shape)} and student output {tuple(s.shape)} differ"
+        )
+    if not bool(torch.isfinite(t).all()):
+        raise MorphError(
+            f"the teacher itself computes NaN or infinity in {mode} mode on the seeded inputs"
+            " (its weights are finite: look at its eps and scales); the student is not the"
+            " cause, and nothing can be compared"
         )
     max_abs = float((s - t).abs().max())
     scale = float(t.abs().max())
     rel = max_abs / scale if scale > 0 else max_abs
     return Verification(max_abs, rel, scale, rtol, int(inputs.shape[0]), seed, mode)
+
+
+def check_comparable(teacher: Arch, student: Arch) -> None:
+    """Both models take the same input and give the same output shape, or a clear refusal
+    (an MLP pair verified against a ResNet pair once failed deep in torch)."""
+    for side in ("input", "output"):
+        mine, theirs = getattr(student, side), getattr(teacher, side)
+        if mine != theirs:
+            raise MorphError(
+                f"the student '{student.name}' has {side} {mine} but the teacher"
+                f" '{teacher.name}' has {theirs}; verify compares two models of one input and"
+                " output (check the order of the arguments)",
+                student.spec.mark(()),
+            )
 
 
 def verify_checkpoints(
@@ -135,6 +156,7 @@ def verify_modes(
     from morphspec.interop.folder import open_checkpoint
     from morphspec.streamed import streamed_model
 
+    check_comparable(teacher, student)
     with (
         open_checkpoint(teacher_ckpt, teacher) as t_reader,
         open_checkpoint(student_ckpt, student) as s_reader,

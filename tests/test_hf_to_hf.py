@@ -129,6 +129,7 @@ def test_to_hf_output_loads_strictly_with_the_teachers_logits(
     assert result.output == out and result.verification and result.verification.passed
     names = sorted(p.name for p in out.iterdir())
     assert names == [
+        ".morph-output",
         "config.json",
         "generation_config.json",
         "model.safetensors",
@@ -149,9 +150,8 @@ def test_to_hf_shards_above_the_size_and_replaces_with_force(
     _, model, root, ids = teacher
     monkeypatch.setattr(sharding, "MIN_SHARD", 1)  # a tiny model, shards of a few KB
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "config.json").write_text("{}")  # an earlier HF folder: replaced with --force
-    with pytest.raises(MorphError, match="--force"):
+    convert(root / "teacher.yaml", root / "teacher.yaml", root / "hf", to_hf=out, verify=False)
+    with pytest.raises(MorphError, match="--force"):  # a folder morph wrote: with --force
         convert(root / "teacher.yaml", root / "teacher.yaml", root / "hf", to_hf=out)
     kw: dict[str, Any] = {"student_set": ["layers=3"], "max_shard_size": 4000, "force": True}
     convert(root / "teacher.yaml", root / "teacher.yaml", root / "hf", to_hf=out, **kw)

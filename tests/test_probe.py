@@ -235,7 +235,7 @@ def test_suggest_never_overwrites_without_force_nor_the_teacher(tmp_path: Path) 
     ckpt = stack_checkpoint(tmp_path, spec, FACTORS)
     before = spec.read_bytes()
     result = invoke("probe", str(spec), str(ckpt), "--suggest", str(spec), "--force")
-    assert result.exit_code == 1 and "one of the inputs" in result.output
+    assert result.exit_code == 1 and "never writes over its inputs" in result.output
     assert spec.read_bytes() == before
     out = tmp_path / "taken.yaml"
     out.write_text("mine", encoding="utf-8")

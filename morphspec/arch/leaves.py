@@ -9,6 +9,7 @@ element-wise work (norms, activations, pooling, bias) is not counted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -240,5 +241,10 @@ def make(
     if record is None or record.shape is None:
         raise KeyError(f"no shape rule for layer kind '{kind}'")
     args = dict(args)
+    eps = args.get("eps")
+    if eps is not None and not (math.isfinite(eps) and eps > 0):
+        raise ShapeError(
+            f"eps must be a finite number > 0 (0 or below makes NaN), got {eps}", "eps"
+        )
     out, params, flops = record.shape(args, inp)
     return Node(kind, name, path, args, inp, out, mark, params=params, flops=flops)

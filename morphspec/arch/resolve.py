@@ -116,6 +116,13 @@ class _Resolver(Values):
             return self.repeat(layer, loc, env, shape, name, path)
         record = registry.get(layer.op)
         args = self.leaf_args(layer, loc, env, record.real_args if record else frozenset())
+        if isinstance(args.get("steps"), int):  # a reversible unit's steps are layers too,
+            self.made += args["steps"]  # counted before any of them is expanded
+            if self.made > limit(MAX_LAYERS):
+                raise SpecError(
+                    over(MAX_LAYERS, f"'steps: {args['steps']}' makes the number of layers, which"),
+                    self.mark((*loc, "steps")),
+                )
         shares = record.shares if record is not None else ""
         if shares and args.get(shares) is not None:
             if args.get("bias") and "bias" in layer.model_fields_set:

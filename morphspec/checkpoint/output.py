@@ -1,40 +1,59 @@
-"""Where an output may go, how it is staged, and how it gets there.
+"""The one output policy of every command that writes (convert, --to-hf, export-hf,
+import-hf, probe --suggest/--plot, init, schema, and any folder writer to come).
 
 Rules, each from a case that once went wrong:
-- only a regular file (or nothing) may be replaced: `-o /dev/null --force` as root would
-  otherwise swap a device (or a FIFO) for a regular file;
-- no file the command read (a spec, an `extends` base, the teacher) is ever a target;
-- each run stages under its own unique name (`mkstemp`), so two runs aimed at one output
-  can never rename each other's unverified file into place;
-- SIGTERM and SIGHUP unwind like Ctrl-C while a file is being written, so the staging
-  file is removed (a killed run used to leave tens of MB of hidden files behind);
-- the result gets the permissions `cp` would give a new file: 0666 minus the umask
-  (`mkstemp` creates 0600);
-- a sharded output is a folder: only a folder that holds nothing but shards and an index
-  (what morph writes) may be replaced, and the new folder takes its place whole (an atomic
-  exchange where Linux offers one), so it appears complete or not at all.
-No torch here: `morph schema -o` uses it too.
+- a file target is a regular file or nothing: never a folder, a device, a FIFO, a socket
+  or a symbolic link (`-o /dev/null --force` as root would swap a device for a file; a
+  replaced link left `.link.old-PID` folders behind);
+- a folder target is nothing, an empty folder, or a folder morph wrote: one that holds a
+  `.morph-output` marker listing every file in it (`export-hf --force` once wiped a folder
+  of user files);
+- nothing any input came from is a target (`inputs`: specs, `extends` bases, teacher files
+  and folders, `--source`), however it is spelled (`..`, hard or symbolic links); a folder
+  target may neither hold an input nor lie inside an input folder;
+- each run stages under its own unique name (`mkstemp`/`mkdtemp`: O_EXCL, so a planted
+  symbolic link is never followed) beside the target, and commits by rename (an atomic
+  exchange, renameat2, for a folder that exists);
+- SIGTERM and SIGHUP unwind like Ctrl-C while staging, so leftovers are removed on every
+  error and signal;
+- the result gets the permissions `cp`/`mkdir` give a new file/folder (umask honoured).
+
+API (torch-free; `morph schema -o` uses it too). Check early, before the expensive work,
+then stage, write, verify and commit in one block:
+
+    out = check_target(path, force=force, inputs=[(spec, "the spec file"), ...])
+    with output_file(out, force=force, inputs=...) as staged:   # re-checks, stages
+        write(staged)                  # leaving the block normally commits by rename;
+                                       # an exception or signal removes `staged`
+
+    inputs = [*folder_inputs(teacher_dir, "the teacher folder"), (spec, "the spec file")]
+    check_folder_target(out_dir, force=force, inputs=inputs)   # early, e.g. before growth
+    with output_folder(out_dir, force=force, inputs=inputs) as staging:  # HF, DCP, shards
+        (staging / "config.json").write_text(...)   # flat files; marked and committed on exit
+
+`folder_inputs` lists an input folder and each entry in it. `check_*` raise `MorphError`
+(exit 1) naming the target and the fix. The lower-level `staging_file`/`commit` and
+`staging_folder`/`commit_folder` are the same steps apart.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
+import json
 import os
-import re
 import shutil
-import signal
 import stat
 import tempfile
-import threading
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import FrameType
 
-from morphspec.errors import CheckpointError, Mark, MorphError
+from morphspec.checkpoint.fsops import STAGING_SUFFIX, default_mode, disk_error, exchange, umask
+from morphspec.checkpoint.signals import Terminated, terminate_as_interrupt
+from morphspec.errors import Mark, MorphError
 
 __all__ = [
+    "MARKER",
+    "Inputs",
     "Terminated",
     "check_folder_target",
     "check_target",
@@ -42,66 +61,30 @@ __all__ = [
     "commit_folder",
     "default_mode",
     "disk_error",
+    "folder_inputs",
+    "output_file",
+    "output_folder",
     "staging_file",
     "staging_folder",
     "terminate_as_interrupt",
     "write_text_atomic",
 ]
 
-STAGING_SUFFIX = ".unverified"
+MARKER = ".morph-output"  # in a folder morph wrote: JSON {"morph_output": 1, "files": [...]}
+_MARKER_MAX = 1 << 20
+
+Inputs = Iterable[tuple[str | os.PathLike[str], str]]  # (path, what it is: "the spec file")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP while writing: unwinds like Ctrl-C, so `finally` blocks clean up."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated(signum)
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """For the duration of the block, SIGTERM and SIGHUP raise `Terminated`; the previous
-    handlers are restored afterwards. Outside the main thread signals cannot be caught, and
-    the block runs unchanged."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    wanted = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
-    previous = {s: signal.signal(getattr(signal, s), _raise_terminated) for s in wanted}
+def _lstat(path: Path) -> os.stat_result | None:
     try:
-        yield
-    finally:
-        for name, handler in previous.items():
-            signal.signal(getattr(signal, name), handler)
-
-
-def default_mode() -> int:
-    """0666 & ~umask: what `open(..., 'w')` or `cp` gives a new file."""
-    return 0o666 & ~_umask()
-
-
-def _umask() -> int:
-    """The umask, read from /proc where it can be (setting it to read it back races with
-    other threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        return path.lstat()
+    except OSError:
+        return None
 
 
 def _is_special(path: Path) -> bool:
-    """Exists and is not a regular file (after following links): a device, FIFO, socket."""
+    """Exists and is not a regular file or folder (after following links): a device, FIFO."""
     try:
         mode = path.stat().st_mode
     except OSError:
@@ -116,17 +99,69 @@ def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def check_target(
-    output: str | os.PathLike[str],
-    *,
-    force: bool,
-    inputs: Iterable[tuple[str | os.PathLike[str], str]] = (),
-) -> Path:
-    """Refuse an output that is a folder, a device or FIFO, one of `inputs` (pairs of a path
-    and what it is, e.g. 'the teacher checkpoint'), in a missing folder, or that exists
-    without `force`. Returns the output as a Path."""
+def folder_inputs(folder: str | os.PathLike[str], what: str) -> list[tuple[Path, str]]:
+    """A folder that is read (an HF folder, `--source`) and every entry in it, as inputs."""
+    p = Path(folder)
+    found: list[tuple[Path, str]] = [(p, what)]
+    with contextlib.suppress(OSError):
+        if p.is_dir():
+            found += [(c, f"{c.name} of {what}") for c in sorted(p.iterdir())]
+    return found
+
+
+def _refuse_inputs(out: Path, inputs: Inputs, folder: bool) -> None:
+    for path, what in inputs:
+        p = Path(path)
+        if _same(p, out):
+            kind = "folder " if folder else ""
+            raise MorphError(
+                f"the output {kind}{out} is {what}, which this command reads; morph never"
+                " writes over its inputs: choose another output",
+                Mark(str(out)),
+            )
+        if folder and p.exists() and p.resolve().is_relative_to(out.resolve()):
+            raise MorphError(
+                f"the output folder {out} holds {what}, which this command reads; morph never"
+                " writes over its inputs: choose another output",
+                Mark(str(out)),
+            )
+        if folder and p.is_dir() and out.resolve().is_relative_to(p.resolve()):
+            raise MorphError(
+                f"the output folder {out} lies inside {what}, which this command reads;"
+                " choose a folder outside it",
+                Mark(str(out)),
+            )
+
+
+def _refuse_link(out: Path) -> None:
+    st = _lstat(out)
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        raise MorphError(
+            f"the output {out} is a symbolic link; morph replaces only regular files and"
+            f" folders it wrote: give the real path ({os.path.realpath(out)}) or another -o",
+            Mark(str(out)),
+        )
+
+
+def _refuse_missing_parent(out: Path) -> None:
+    if out.name in ("", ".", "..") or out.resolve() == out.resolve().parent:
+        raise MorphError(
+            f"the output {out} names no file or folder of its own (it is '.', '..' or the"
+            " root); give it a name, such as ./out",
+            Mark(str(out)),
+        )
+    if not out.parent.is_dir():
+        raise MorphError(
+            f"the output folder {out.parent} does not exist; create it first", Mark(str(out))
+        )
+
+
+def check_target(output: str | os.PathLike[str], *, force: bool, inputs: Inputs = ()) -> Path:
+    """Refuse a file output that is one of `inputs`, a folder, a device, FIFO, socket or
+    symbolic link, in a missing folder, or that exists without `force`. Returns a Path."""
     out = Path(output)
     where = Mark(str(out))
+    _refuse_inputs(out, inputs, folder=False)
     if out.is_dir():
         raise MorphError(
             f"the output {out} is a folder; give a file name such as {out / 'out.safetensors'}",
@@ -138,19 +173,70 @@ def check_target(
             " writes regular files: choose another -o",
             where,
         )
-    for path, what in inputs:
-        if _same(Path(path), out):
-            raise MorphError(
-                f"the output {out} is {what}, which this command reads; morph never writes"
-                " over its inputs: choose another -o",
-                where,
-            )
-    if not out.parent.is_dir():
-        raise MorphError(f"the output folder {out.parent} does not exist; create it first", where)
+    _refuse_link(out)
+    _refuse_missing_parent(out)
     if out.exists() and not force:
         raise MorphError(
             "the output file exists; pass --force to replace it (it is replaced only once the"
             " new file is complete)",
+            where,
+        )
+    return out
+
+
+def _marked_files(folder: Path) -> set[str] | None:
+    """The names a morph-written folder's marker lists; None when it has no valid marker."""
+    marker = folder / MARKER
+    st = _lstat(marker)
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_size > _MARKER_MAX:
+        return None
+    try:
+        doc = json.loads(marker.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    files = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None
+    return set(files)
+
+
+def _foreign(folder: Path) -> list[str]:
+    """What in `folder` morph did not write: everything, unless a marker lists it."""
+    names = sorted(p.name for p in folder.iterdir())
+    listed = _marked_files(folder)
+    if listed is None:
+        return names
+    return [n for n in names if n != MARKER and (n not in listed or (folder / n).is_symlink())]
+
+
+def check_folder_target(
+    output: str | os.PathLike[str], *, force: bool, inputs: Inputs = ()
+) -> Path:
+    """Refuse a folder output that is, holds or lies inside one of `inputs`, is a file or
+    a symbolic link, holds anything morph did not write, sits in a missing folder, or is
+    not empty without `force`. Returns it as a Path."""
+    out = Path(output)
+    where = Mark(str(out))
+    _refuse_inputs(out, inputs, folder=True)
+    _refuse_link(out)
+    if out.exists() and not out.is_dir():
+        raise MorphError(
+            f"the output {out} is a file, and this command writes a folder: choose a folder"
+            " name for -o",
+            where,
+        )
+    _refuse_missing_parent(out)
+    if out.is_dir() and (foreign := _foreign(out)):
+        raise MorphError(
+            f"the output folder {out} holds files morph did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); morph replaces only an empty folder or"
+            " one it wrote: choose another -o",
+            where,
+        )
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise MorphError(
+            "the output folder exists; pass --force to replace it (it is replaced only once"
+            " the new folder is complete)",
             where,
         )
     return out
@@ -175,8 +261,8 @@ def staging_file(output: Path) -> Iterator[Path]:
 
 def commit(staged: Path, output: Path) -> None:
     """Move this run's verified `staged` file onto `output`, checking again (just before the
-    rename) that the output did not become a folder or a special file meanwhile."""
-    if output.is_dir() or _is_special(output):
+    rename) that the output did not become a folder, link or special file meanwhile."""
+    if output.is_dir() or _is_special(output) or output.is_symlink():
         raise MorphError(
             f"the output {output} is no longer a regular file; nothing written", Mark(str(output))
         )
@@ -184,61 +270,16 @@ def commit(staged: Path, output: Path) -> None:
     os.replace(staged, output)
 
 
-_OURS = re.compile(r"model-\d{5}-of-\d{5}\.safetensors|model\.safetensors\.index\.json")
-
-
-def _foreign(folder: Path, also: Collection[str] = ()) -> list[str]:
-    """What in `folder` morph did not write (anything but shards, their index and, for a
-    Hugging Face folder, the file names in `also`)."""
-    return sorted(
-        p.name
-        for p in folder.iterdir()
-        if not ((_OURS.fullmatch(p.name) or p.name in also) and p.is_file())
-    )
-
-
-def check_folder_target(
-    output: str | os.PathLike[str],
-    *,
-    force: bool,
-    inputs: Iterable[tuple[str | os.PathLike[str], str]] = (),
-    also: Collection[str] = (),
-) -> Path:
-    """Refuse a sharded output folder that is a file, holds or is one of `inputs`, holds
-    files morph did not write (shards, the index, and the names in `also`: an HF folder's),
-    sits in a missing folder, or exists (non-empty) without `force`. Returns it as a Path."""
-    out = Path(output)
-    where = Mark(str(out))
-    if out.exists() and not out.is_dir():
-        raise MorphError(
-            f"the output {out} is a file, and --max-shard-size writes a folder of shards:"
-            " choose a folder name for -o",
-            where,
-        )
-    for path, what in inputs:
-        p = Path(path)
-        if _same(p, out) or p.resolve().is_relative_to(out.resolve()):
-            raise MorphError(
-                f"the output folder {out} holds {what}, which this command reads; morph never"
-                " writes over its inputs: choose another -o",
-                where,
-            )
-    if not out.parent.is_dir():
-        raise MorphError(f"the output folder {out.parent} does not exist; create it first", where)
-    if out.is_dir() and (foreign := _foreign(out, also)):
-        raise MorphError(
-            f"the output folder {out} holds files morph did not write ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}); only a folder of shards can be replaced:"
-            " choose another -o",
-            where,
-        )
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise MorphError(
-            "the output folder exists; pass --force to replace it (it is replaced only once"
-            " the new shards are complete)",
-            where,
-        )
-    return out
+@contextlib.contextmanager
+def output_file(
+    output: str | os.PathLike[str], *, force: bool, inputs: Inputs = ()
+) -> Iterator[Path]:
+    """Check `output`, yield a staging file beside it, and commit it when the block ends
+    normally; on any error or signal the staging file is removed and nothing is replaced."""
+    out = check_target(output, force=force, inputs=inputs)
+    with staging_file(out) as staged:
+        yield staged
+        commit(staged, out)
 
 
 @contextlib.contextmanager
@@ -255,80 +296,59 @@ def staging_folder(output: Path) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def commit_folder(staged: Path, output: Path, also: Collection[str] = ()) -> None:
-    """Put this run's verified `staged` folder at `output`. A missing (or empty) output is
-    a rename; an existing folder of shards is exchanged with the staged one in one step
-    (renameat2 RENAME_EXCHANGE), and the old shards, now at `staged`, are removed by the
-    caller's `staging_folder`. Where no exchange exists the old folder is moved aside first."""
-    if output.exists() and not output.is_dir():
+def commit_folder(staged: Path, output: Path) -> None:
+    """Mark `staged` as morph's (its marker lists its files) and put it at `output`. A
+    missing output is a rename; an existing one, checked again to be empty or morph's, is
+    exchanged in one step (renameat2 RENAME_EXCHANGE) and the old contents, now at `staged`,
+    are removed by `staging_folder`. Where no exchange exists the old folder moves aside."""
+    names = sorted(p.name for p in staged.iterdir() if p.name != MARKER)
+    text = json.dumps({"morph_output": 1, "files": names}, indent=1) + "\n"
+    (staged / MARKER).write_text(text, encoding="utf-8")
+    os.chmod(staged, 0o777 & ~umask())  # what mkdir gives (mkdtemp makes 0700)
+    for entry in staged.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            os.chmod(entry, default_mode())
+    if output.is_symlink() or (output.exists() and not output.is_dir()):
         raise MorphError(
             f"the output {output} is no longer a folder; nothing written", Mark(str(output))
         )
-    os.chmod(staged, 0o777 & ~_umask())  # what mkdir gives (mkdtemp makes 0700)
-    for shard in staged.iterdir():
-        os.chmod(shard, default_mode())
     if not output.exists():
         os.rename(staged, output)
         return
-    if foreign := _foreign(output, also):
+    if foreign := _foreign(output):
         raise MorphError(
             f"the output folder {output} now holds files morph did not write ({foreign[0]});"
             " nothing written",
             Mark(str(output)),
         )
-    if _exchange(staged, output):
+    if exchange(staged, output):
         return
     aside = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".old"))
-    os.rename(output, aside / "old")
     try:
-        os.rename(staged, output)
-    except OSError:
-        os.rename(aside / "old", output)
-        raise
+        os.rename(output, aside / "old")
+        try:
+            os.rename(staged, output)
+        except OSError:
+            os.rename(aside / "old", output)
+            raise
     finally:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unavailable."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def disk_error(err: OSError, target: Path) -> MorphError | None:
-    """A located message for a full disk or quota, naming the file; None for other errors."""
-    if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return None
-    reason = os.strerror(err.errno or errno.ENOSPC).lower()
-    target = _visible(target)
-    return CheckpointError(
-        f"{reason} while writing {target}; nothing was written (the partial file was removed):"
-        " free space or choose another -o",
-        mark=Mark(str(target)),
-    )
-
-
-def _visible(path: Path) -> Path:
-    """The output a staging file stands for (`.NAME.xxxx.unverified` -> `NAME`)."""
-    name = path.name
-    if name.startswith(".") and name.endswith(STAGING_SUFFIX):
-        return path.with_name(name[1:].rsplit(".", 2)[0])
-    return path
+@contextlib.contextmanager
+def output_folder(
+    output: str | os.PathLike[str], *, force: bool, inputs: Inputs = ()
+) -> Iterator[Path]:
+    """Check `output`, yield an empty staging folder beside it, and mark and commit it when
+    the block ends normally; on any error or signal the staging folder is removed whole."""
+    out = check_folder_target(output, force=force, inputs=inputs)
+    with staging_folder(out) as staged:
+        yield staged
+        commit_folder(staged, out)
 
 
 def write_text_atomic(output: Path, text: str) -> None:
-    """Write `text` to `output` through a unique staging file and a rename."""
+    """Write `text` to `output` (already checked) through a unique staging file and a rename."""
     with staging_file(output) as staged:
         try:
             staged.write_text(text, encoding="utf-8")

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from morphspec.checkpoint.regular import read_regular
 from morphspec.checkpoint.source import TensorSource
 from morphspec.errors import CheckpointError, Mark, Problem, closest
 
@@ -30,6 +31,7 @@ __all__ = ["INDEX_NAME", "SAFETENSORS_DTYPES", "CheckpointReader", "check_keys"]
 INDEX_NAME = "model.safetensors.index.json"
 _SINGLE_NAME = "model.safetensors"
 _MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
+_MAX_INDEX = 256 * 1024 * 1024  # an index of a million tensors is ~100 MB
 _CHUNK = 1 << 20
 _FIX = "re-save or re-download the checkpoint"
 MAX_KEY_PROBLEMS = 10  # a checkpoint of another model: name a few keys, then count the rest
@@ -187,7 +189,8 @@ class CheckpointReader:
     def _load_index(self, index: Path) -> None:
         """Check the index against its shards, reporting every missing shard or key at once."""
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            raw = read_regular(index, _MAX_INDEX, "the index")
+            weight_map = json.loads(raw.decode("utf-8"))["weight_map"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise _fail(index, f"not a valid sharded-checkpoint index ({e!r}); {_FIX}") from None
         except RecursionError:

@@ -39,7 +39,8 @@ Declare networks in YAML and grow trained checkpoints into wider or deeper stude
 that compute the same function.
 
 [bold]Exit codes[/bold]: 0 ok, 1 invalid input (each problem printed as
-FILE:LINE:COL: message), 2 usage error, 3 output not function-preserving.
+FILE:LINE:COL: message), 2 usage error, 3 output not function-preserving, 128+N killed by
+signal N (130 Ctrl-C); nothing is written or left behind on any failure.
 
 Set MORPH_DEBUG=1 to see the traceback of an internal error."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -40,7 +41,7 @@ def parse_size(text: str) -> int:
         value = float(number)
     except ValueError:
         value = -1.0
-    if unit not in _UNITS or value <= 0:
+    if unit not in _UNITS or not (math.isfinite(value) and value * _UNITS[unit] >= 1):
         raise typer.BadParameter(f"'{text}' is not a size such as 5GB, 200MB or 4096")
     return int(value * _UNITS[unit])
 
@@ -116,7 +117,8 @@ def export_hf(
     above --shard-size) that transformers' from_pretrained loads strictly.
 
     The spec must declare an HF `naming` (as `morph import-hf` writes it). The folder is
-    written beside the output and renamed into place when complete."""
+    written beside the output and renamed into place when complete; an existing one is
+    replaced (with --force) only when it is empty or one morph wrote."""
     from morphspec.interop import export_hf as run
 
     out = Output(as_json)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from morphspec.arch import resolve
-from morphspec.checkpoint.output import check_target
+from morphspec.checkpoint.output import check_target, output_file
 from morphspec.cli.options import ForceOpt, JsonOpt, SeedOpt, SetOpt, SpecArg
 from morphspec.cli.output import Output
 from morphspec.errors import Mark
@@ -57,7 +57,9 @@ def init(
 
     torch.manual_seed(seed)
     model = build(arch)
-    path = save(model, output, arch, seed=str(seed))
+    with output_file(output, force=force, inputs=inputs) as staged:
+        save(model, staged, arch, seed=str(seed))
+    path = Path(output)
     data = {
         "path": str(path),
         "spec": str(spec),

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from morphspec.arch import Arch, resolve
+from morphspec.checkpoint.output import check_target, folder_inputs, output_file
 from morphspec.cli.options import ForceOpt, JsonOpt, SeedOpt, SetOpt, SpecArg
 from morphspec.cli.output import Output
 from morphspec.errors import Mark, MorphError
@@ -83,66 +81,55 @@ def probe(
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise MorphError(f"--epsilon must be a positive number, got {epsilon:g}")
     arch = resolve(load_spec(spec, set_))
-    inputs_of = [spec, checkpoint, *([inputs] if inputs else [])]
+    inputs_of = _inputs(arch, checkpoint, inputs)
+    if suggest is not None and plot is not None and _same_path(suggest, plot):
+        raise MorphError("--suggest and --plot name the same file; give two", Mark(str(plot)))
     for target in (suggest, plot):
         if target is not None:
-            _check_output(target, inputs_of, force)
+            check_target(target, force=force, inputs=inputs_of)
     if plot is not None:
         need_matplotlib()
     report = run_probe(arch, checkpoint, inputs=inputs, samples=samples, seed=seed,
                        epsilon=epsilon, batch=batch)  # fmt: skip
     data: dict[str, Any] = report.to_json()
     if suggest is not None:
-        data["suggest"] = _write_suggestion(report, spec, suggest, parse_set(set_), out)
+        data["suggest"] = _write_suggestion(report, spec, suggest, parse_set(set_), out, inputs_of)
     if plot is not None:
-        _atomic(plot, lambda tmp: plot_report(report, tmp))
+        with output_file(plot, force=force, inputs=inputs_of) as staged:
+            plot_report(report, staged)
         data["plot"] = str(plot)
     out.result(data, _render(report))
 
 
-def _check_output(target: Path, inputs: list[Path], force: bool) -> None:
-    where = Mark(str(target))
-    if target.is_dir():
-        raise MorphError(f"{target} is a folder; give a file name", where)
-    for source in inputs:
-        if source.exists() and target.exists() and os.path.samefile(source, target):
-            raise MorphError(f"{target} is one of the inputs; choose another file", where)
-    if target.exists() and not force:
-        raise MorphError(f"{target} exists; pass --force to replace it", where)
-    if not target.parent.is_dir():
-        raise MorphError(f"the folder {target.parent} does not exist", where)
+def _inputs(arch: Arch, checkpoint: Path, inputs: Path | None) -> list[tuple[Path, str]]:
+    """Everything probe reads (spec files, extends bases, checkpoint, --inputs): never outputs."""
+    found = [(Path(f), f"the spec file {f}") for f in arch.spec.files]
+    found += folder_inputs(checkpoint, "the checkpoint")
+    return found + ([(inputs, "the --inputs file")] if inputs is not None else [])
 
 
-@contextlib.contextmanager
-def _staging(target: Path) -> Iterator[Path]:
-    """A hidden file beside `target` (same suffix), removed unless renamed into place."""
-    tmp = target.parent / f".{target.stem}.{os.getpid()}.partial{target.suffix}"
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic(target: Path, write: Callable[[Path], None]) -> None:
-    with _staging(target) as tmp:
-        write(tmp)
-        os.replace(tmp, target)
+def _same_path(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
 
 
 def _write_suggestion(
-    report: ProbeReport, teacher: Path, target: Path, teacher_set: dict[str, Any], out: Output
+    report: ProbeReport,
+    teacher: Path,
+    target: Path,
+    teacher_set: dict[str, Any],
+    out: Output,
+    inputs: list[tuple[Path, str]],
 ) -> dict[str, Any]:
     """Write the student, and rename it into place only after it loads and `diff` plans it."""
     from morphspec.growth.plan import diff
     from morphspec.suggest import student_text, suggest
 
     suggestion = suggest(report, teacher_set)
-    with _staging(target) as tmp:
+    with output_file(target, force=True, inputs=inputs) as tmp:  # --force checked up front
         tmp.write_text(student_text(suggestion, report, teacher, target), encoding="utf-8")
         student = resolve(load_spec(tmp))
         diff(report.arch, student)
         _check_depths(report, student)
-        os.replace(tmp, target)
     for note in suggestion.notes:
         out.talk(note)
     out.talk(f"wrote {target}")

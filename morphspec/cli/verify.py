@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -11,7 +12,7 @@ from morphspec.arch import resolve
 from morphspec.cli.growth_options import StudentSetOpt, TeacherSetOpt, growth_option
 from morphspec.cli.options import JsonOpt, SeedOpt
 from morphspec.cli.output import Output
-from morphspec.defaults import DEFAULT_RTOL
+from morphspec.defaults import DEFAULT_RTOL, MAX_LR, MAX_TRAIN_STEPS
 from morphspec.errors import EXIT_NOT_PRESERVING, Mark, Problem
 from morphspec.spec import load_spec
 
@@ -29,15 +30,27 @@ TrainStepsOpt = Annotated[
     typer.Option(
         "--train-steps",
         min=0,
+        max=MAX_TRAIN_STEPS,
         help="Also train copies of both models K steps on identical random batches and print"
         " the drift ratio |f_s(K) - f_t(0)| / |f_t(K) - f_t(0)| (1 = the student moves like the"
         " teacher).",
     ),
 ]
+
+
+def _positive_or_none(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a finite number > 0")
+    return value
+
+
 LrOpt = Annotated[
     float | None,
     typer.Option(
-        "--lr", min=0.0, help="Learning rate for --train-steps [default: 0.01 sgd, 0.001 adam]."
+        "--lr",
+        max=MAX_LR,
+        callback=_positive_or_none,
+        help="Learning rate for --train-steps [default: 0.01 sgd, 0.001 adam].",
     ),
 ]
 OptimizerOpt = Annotated[

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import pickle
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,14 @@ from typing import Any
 import torch
 
 from morphspec.arch import Arch
-from morphspec.checkpoint.output import commit, commit_folder, staging_file, staging_folder
+from morphspec.checkpoint.output import (
+    check_folder_target,
+    check_target,
+    commit,
+    commit_folder,
+    staging_file,
+    staging_folder,
+)
 from morphspec.checkpoint.reader import CheckpointReader
 from morphspec.checkpoint.writer import TensorEntry
 from morphspec.distributed.optim_state import (
@@ -43,15 +49,12 @@ from morphspec.growth.families import Family
 __all__ = [
     "DistributedOutput",
     "TorchFileState",
-    "check_dcp_target",
     "grown_optimizer",
     "param_shapes",
     "stage_optimizer_out",
     "staged_dcp",
     "teacher_optimizer",
 ]
-
-_DCP_FILE = re.compile(r"\.metadata|__\d+_\d+\.distcp")
 
 
 def param_shapes(arch: Arch) -> list[tuple[str, tuple[int, ...]]]:
@@ -164,44 +167,13 @@ def grown_optimizer(family: Family, given: OptimizerInput, dcp_out: bool) -> Gro
     )
 
 
-def check_dcp_target(out: Path, force: bool, inputs: Sequence[Path]) -> None:
-    """A DCP output is a new folder, or (with --force) one holding only DCP files."""
-    where = Mark(str(out))
-    if out.exists() and not out.is_dir():
-        raise MorphError(f"the output {out} is a file; --to-dcp writes a folder", where)
-    if not out.parent.is_dir():
-        raise MorphError(f"the output folder {out.parent} does not exist; create it first", where)
-    for p in inputs:
-        if p.resolve() == out.resolve() or p.resolve().is_relative_to(out.resolve()):
-            raise MorphError(
-                f"the output folder {out} holds {p}, which this command reads; choose another"
-                " output",
-                where,
-            )
-    if out.is_dir() and any(out.iterdir()):
-        foreign = sorted(p.name for p in out.iterdir() if not _DCP_FILE.fullmatch(p.name))
-        if foreign:
-            raise MorphError(
-                f"the output folder {out} holds files morph did not write ({foreign[0]});"
-                " choose another output",
-                where,
-            )
-        if not force:
-            raise MorphError(
-                "the output folder exists; pass --force to replace it (it is replaced only"
-                " once the new checkpoint is complete)",
-                where,
-            )
-
-
 @contextlib.contextmanager
 def staged_dcp(out: Path) -> Iterator[tuple[Path, Any]]:
     """A staging folder for `out` and the function that commits it whole."""
     with staging_folder(out) as staging:
 
         def commit_dcp() -> None:
-            old = [p.name for p in out.iterdir()] if out.is_dir() else []
-            commit_folder(staging, out, also=old)
+            commit_folder(staging, out)
 
         yield staging, commit_dcp
 
@@ -269,8 +241,9 @@ class DistributedOutput:
                     " goes)",
                     Mark(str(optimizer_state)),
                 )
+        named = [(p, "an input of this command") for p in inputs]
         if to_dcp is not None:
-            check_dcp_target(out, force, inputs)
+            check_folder_target(out, force=force, inputs=named)
         if to_dcp is not None or optimizer_out is not None:
             d.given = teacher_optimizer(reader, optimizer_state, teacher)
         if optimizer_out is not None:
@@ -286,15 +259,14 @@ class DistributedOutput:
                 raise MorphError(
                     f"the output folder {d.opt_out.parent} does not exist; create it first", where
                 )
-            if d.opt_out.resolve() == out.resolve() or any(
-                d.opt_out.resolve() == p.resolve() for p in inputs
-            ):
+            if d.opt_out.resolve() == out.resolve():
                 raise MorphError(
-                    "--optimizer-out names a file this command reads or writes; choose another",
-                    where,
+                    "--optimizer-out names the student's output; choose another", where
                 )
-            if d.opt_out.exists() and not (force and (d.opt_out.is_file() or d.opt_out.is_dir())):
-                raise MorphError("the optimizer output exists; pass --force to replace it", where)
+            if d.given.torch_file:
+                check_target(d.opt_out, force=force, inputs=named)
+            else:
+                check_folder_target(d.opt_out, force=force, inputs=named)
         return d
 
     def grown(self, family: Family) -> GrownOptimizer | None:
@@ -331,13 +303,6 @@ class DistributedOutput:
                 grown = GrownOptimizer({f: grown.state[f] for f in mine}, grown.param_groups)
         write_dcp(staging, entries, grown, progress=progress, distributed=ranks is not None,
                   groups=ranks is None or ranks.leader)  # fmt: skip
-
-    def replaceable(self, out: Path) -> list[str]:
-        """The names in an existing output folder that a commit may replace: DCP files
-        (sharded output: shards and index, which `commit_folder` knows itself)."""
-        if not out.is_dir():
-            return []
-        return [p.name for p in out.iterdir() if _DCP_FILE.fullmatch(p.name)]
 
     @contextlib.contextmanager
     def optimizer_out(self, family: Family) -> Iterator[None]:

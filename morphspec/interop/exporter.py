@@ -3,17 +3,15 @@
 Writes config.json (the family's fields from the resolved spec, over the source folder's
 config when one is given, so token ids and the like survive), the weights under the
 family's names (one file, or shards of at most `shard_bytes` with the index), and copies the
-source folder's tokenizer and generation files unchanged. Everything goes to a hidden folder
-beside the output, which is renamed into place only when complete: the output folder
-appears whole or not at all. Only JSON and safetensors are written; no transformers needed.
+source folder's tokenizer and generation files unchanged. The folder is staged and committed
+by `checkpoint/output.py` (it appears whole or not at all, and replaces only an empty folder
+or one morph wrote). Only JSON and safetensors are written; no transformers needed.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from morphspec.arch import Arch, resolve
 from morphspec.checkpoint import INDEX_NAME, TensorEntry, check_keys, make_metadata
+from morphspec.checkpoint.output import check_folder_target, folder_inputs, output_folder
 from morphspec.checkpoint.writer import write_safetensors
 from morphspec.errors import Mark, MorphError, Problem
 from morphspec.interop.family import Family
 from morphspec.interop.folder import open_checkpoint
+from morphspec.interop.hfconfig import read_config_json
 from morphspec.interop.importer import resolve_text, spec_text
 from morphspec.interop.keymap import Group
 from morphspec.interop.registry import BY_NAMING, FAMILIES
@@ -130,10 +130,7 @@ def merged_config(arch: Arch, family: Family, src: Path | None, scratch: Path) -
     the like survive; a Mistral stays a Mistral)."""
     base: dict[str, Any] = {}
     if src is not None:
-        try:
-            base = json.loads((src / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise MorphError(f"cannot read config.json ({e})", Mark(str(src))) from None
+        base = read_config_json(src / "config.json")
     config = hf_config(arch, family, scratch)
     if base.get("model_type") in family.model_types:
         config = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
@@ -170,26 +167,6 @@ def shard(entries: list[TensorEntry], limit: int) -> list[list[TensorEntry]]:
     return runs
 
 
-def _check_output(out: Path, inputs: list[Path], force: bool) -> None:
-    target = out.resolve()
-    for p in inputs:
-        if p.exists() and (p.resolve() == target or target in p.resolve().parents):
-            raise MorphError(
-                f"the output {out} holds an input ({p}); morph never writes over its inputs:"
-                " choose another -o",
-                Mark(str(out)),
-            )
-    if out.exists() and not force:
-        raise MorphError(
-            f"{out} exists; pass --force to replace it (only once the new folder is complete)",
-            Mark(str(out)),
-        )
-    if out.exists() and not out.is_dir():
-        raise MorphError(f"{out} is a file; the output is a folder", Mark(str(out)))
-    if not out.parent.is_dir():
-        raise MorphError(f"the output's parent folder {out.parent} does not exist", Mark(str(out)))
-
-
 def export_hf(
     spec: str | Path,
     checkpoint: str | Path,
@@ -204,10 +181,13 @@ def export_hf(
     out, src = Path(output), Path(source) if source is not None else None
     arch = resolve(load_spec(spec, set))
     family = family_of(arch)
-    _check_output(out, [Path(checkpoint), *([src] if src else [])], force)
+    inputs = folder_inputs(checkpoint, "the checkpoint")
+    inputs += [(Path(f), f"the spec file {f}") for f in arch.spec.files]
+    if src is not None:
+        inputs += folder_inputs(src, "the --source folder")
+    check_folder_target(out, force=force, inputs=inputs)
     config = merged_config(arch, family, src, out.parent)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
-    try:
+    with output_folder(out, force=force, inputs=inputs) as staging:
         with open_checkpoint(checkpoint, arch) as reader:
             check_keys(reader, arch.state_shapes(), str(spec))
             files = _write_weights(reader, arch, family, staging, shard_bytes)
@@ -215,9 +195,6 @@ def export_hf(
         config["dtype"] = dtype_name(dtypes)
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
         files += copy_companions(src, staging)
-        _replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     total = sum((out / f).stat().st_size for f in files)
     return ExportResult(
         out, family.naming, sorted(["config.json", *files]), len(arch.state_shapes()), total
@@ -255,14 +232,3 @@ def _write_weights(
     index = {"metadata": {"total_size": sum(e.nbytes for e in entries)}, "weight_map": weight_map}
     (staging / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", "utf-8")
     return [INDEX_NAME, *files]
-
-
-def _replace(staging: Path, out: Path) -> None:
-    """Put the finished folder in place; an old one is moved aside first, removed after."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

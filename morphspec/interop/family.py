@@ -1,6 +1,7 @@
 """What a Hugging Face model family is to morphspec: a key converter and a config mapping.
 
-Each family (one module each: `gpt2`, `llama`) declares its `KeyMap`, reads a `config.json`
+Each family (one module each: `gpt2`, `llama`) declares its `KeyMap` and the typed
+`config.json` fields it reads (`hfconfig.Field`s, which its `read` checks first), reads them
 into the few numbers and switches a spec needs (refusing, by field, what the spec format
 cannot express), writes the spec, and maps a resolved spec back to `config.json` fields.
 Export checks that last mapping by round trip: the spec written from the config it produces

@@ -13,6 +13,7 @@ from typing import Any
 from morphspec.arch import Arch
 from morphspec.errors import Mark
 from morphspec.interop.family import Config, Family, first, fmt, refuse
+from morphspec.interop.hfconfig import Field, flag, optional, parse, positive, size, text
 from morphspec.interop.keymap import KeyMap, Rule
 
 __all__ = ["GPT2"]
@@ -46,8 +47,23 @@ KEYMAP = KeyMap(
 _ACTS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
 
-def read(config: Config, where: Mark) -> dict[str, Any]:
-    act = config.get("activation_function", "gelu_new")
+FIELDS = (
+    *(Field(n, size) for n in ("vocab_size", "n_embd", "n_head", "n_layer")),
+    Field("n_positions", size, 1024),
+    Field("n_inner", optional(size), None),
+    Field("layer_norm_epsilon", positive, 1e-5),
+    Field("activation_function", text, "gelu_new"),
+    Field("tie_word_embeddings", flag, True),
+    Field("scale_attn_weights", flag, True),
+    Field("scale_attn_by_inverse_layer_idx", flag, False),
+    Field("add_cross_attention", flag, False),
+)
+
+
+def read(raw: Config, where: Mark) -> dict[str, Any]:
+    """The spec parameters of a config, its `FIELDS` checked by type first."""
+    config = parse(raw, FIELDS, where)
+    act = config["activation_function"]
     if act not in _ACTS:
         raise refuse(where, "activation_function", act, "morph builds gelu_new and gelu")
     for field, ok in (
@@ -55,21 +71,21 @@ def read(config: Config, where: Mark) -> dict[str, Any]:
         ("scale_attn_by_inverse_layer_idx", False),
         ("add_cross_attention", False),
     ):
-        if config.get(field, ok) != ok:
+        if config[field] != ok:
             raise refuse(where, field, config[field], f"the spec's attention has it {ok}")
-    dim, heads = int(config["n_embd"]), int(config["n_head"])
+    dim, heads = config["n_embd"], config["n_head"]
     if dim % heads:
         raise refuse(where, "n_head", heads, f"n_embd {dim} is not a multiple of it")
     return {
-        "vocab": int(config["vocab_size"]),
+        "vocab": config["vocab_size"],
         "dim": dim,
         "heads": heads,
-        "layers": int(config["n_layer"]),
-        "max_len": int(config.get("n_positions", 1024)),
-        "hidden": config.get("n_inner"),
+        "layers": config["n_layer"],
+        "max_len": config["n_positions"],
+        "hidden": config["n_inner"],
         "approximate": _ACTS[act],
-        "eps": float(config.get("layer_norm_epsilon", 1e-5)),
-        "tied": bool(config.get("tie_word_embeddings", True)),
+        "eps": config["layer_norm_epsilon"],
+        "tied": config["tie_word_embeddings"],
     }
 
 

@@ -8,7 +8,7 @@ those producers one tensor ahead, so the student exists once, in the HF-named fi
 is never written under morphspec names first. The folder (config.json, one file or shards
 with the index, the teacher folder's tokenizer and generation files) is staged by the
 caller (`checkpoint/output.py`), verified from the staging folder through the same
-`open_checkpoint` view every command uses, and committed whole.
+`open_checkpoint` view every command uses, and committed whole, marked as morph's.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from morphspec.checkpoint.sharding import plan_shards, write_sharded
 from morphspec.checkpoint.writer import LateMetadata, TensorEntry, write_safetensors
 from morphspec.errors import Mark, MorphError
 from morphspec.interop.exporter import (
-    COPIED,
     copy_companions,
     dtype_name,
     family_of,
@@ -34,9 +33,7 @@ from morphspec.interop.exporter import (
 from morphspec.interop.family import Family
 from morphspec.interop.keymap import Group
 
-__all__ = ["HF_FILES", "HFTarget", "hf_entries", "hf_target", "write_hf_folder"]
-
-HF_FILES = ("config.json", "model.safetensors", *COPIED)  # may be replaced with --force
+__all__ = ["HFTarget", "hf_entries", "hf_target", "write_hf_folder"]
 
 
 @dataclass(frozen=True)

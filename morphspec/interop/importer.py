@@ -10,16 +10,16 @@ so an import that succeeds is one that `morphspec.load` will read.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from morphspec.arch import Arch, resolve
-from morphspec.errors import Mark, MorphError
+from morphspec.checkpoint.output import check_target, folder_inputs, output_file, staging_file
+from morphspec.errors import Mark, MorphError, Problem
 from morphspec.interop.family import Family
+from morphspec.interop.hfconfig import checked, read_config_json, texts
 from morphspec.interop.registry import BY_MODEL_TYPE, FAMILIES
 from morphspec.spec import load_spec
 
@@ -49,16 +49,11 @@ def read_config(folder: Path) -> tuple[Family, dict[str, Any]]:
     where = Mark(str(path))
     if not folder.is_dir():
         raise MorphError("not a folder; give a Hugging Face model folder", Mark(str(folder)))
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MorphError("the folder has no config.json", Mark(str(folder))) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MorphError(f"config.json is not readable JSON ({e})", where) from None
-    if not isinstance(config, dict):
-        raise MorphError("config.json must hold a JSON object", where)
+    if not path.exists() and not path.is_symlink():
+        raise MorphError("the folder has no config.json", Mark(str(folder)))
+    config = read_config_json(path)
     model_type = config.get("model_type")
-    family = BY_MODEL_TYPE.get(str(model_type))
+    family = BY_MODEL_TYPE.get(model_type) if isinstance(model_type, str) else None
     if family is None:
         known = ", ".join(t for f in FAMILIES for t in f.model_types if t != "qwen2")
         raise MorphError(
@@ -66,7 +61,7 @@ def read_config(folder: Path) -> tuple[Family, dict[str, Any]]:
         )
     heads = [
         a
-        for a in config.get("architectures") or []
+        for a in checked("architectures", config.get("architectures") or [], texts, where)
         if not a.endswith("ForCausalLM") and a != "GPT2LMHeadModel"
     ]
     if heads:
@@ -75,11 +70,7 @@ def read_config(folder: Path) -> tuple[Family, dict[str, Any]]:
             " language models (…ForCausalLM, GPT2LMHeadModel)",
             where,
         )
-    try:
-        return family, family.read(config, where)
-    except (KeyError, TypeError, ValueError) as e:
-        msg = f"config.json lacks or mistypes a field the spec needs: {e!r}"
-        raise MorphError(msg, where) from None
+    return family, family.read(config, where)
 
 
 def spec_text(family: Family, params: dict[str, Any], name: str, source: str) -> str:
@@ -93,32 +84,36 @@ def spec_text(family: Family, params: dict[str, Any], name: str, source: str) ->
 
 
 def resolve_text(text: str, where: Path) -> Arch:
-    """Resolve spec text by writing it to a temporary file beside `where` (for its marks)."""
-    fd, tmp = tempfile.mkstemp(dir=where, prefix=".morph-import-", suffix=".yaml")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+    """Resolve spec text through a unique temporary file in the folder `where` (for its marks)."""
+    with staging_file(where / "import.yaml") as tmp:
+        tmp.write_text(text, encoding="utf-8")
         return resolve(load_spec(tmp))
-    finally:
-        os.unlink(tmp)
+
+
+def source_inputs(folder: Path) -> list[tuple[Path, str]]:
+    """What import-hf reads: the folder and every file in it (none may be the output)."""
+    return folder_inputs(folder, f"the folder {folder}")
 
 
 def import_hf(folder: str | Path, output: str | Path, force: bool = False) -> ImportResult:
     """Write the spec of a Hugging Face folder to `output`, after checking its weights."""
     from morphspec.interop.folder import open_checkpoint
 
-    src, out = Path(folder), Path(output)
-    if out.exists() and not force:
-        raise MorphError(f"{out} exists; pass --force to replace it", Mark(str(out)))
-    if not out.parent.is_dir():
-        raise MorphError(f"the output folder {out.parent} does not exist", Mark(str(out)))
+    src = Path(folder)
+    inputs = source_inputs(src)
+    out = check_target(output, force=force, inputs=inputs)
     family, params = read_config(src)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", src.resolve().name).strip("-.") or "imported"
     text = spec_text(family, params, name, src.as_posix())
-    arch = resolve_text(text, out.parent)
-    with open_checkpoint(src, arch) as reader:
-        tensors = len(reader)
-    tmp = out.parent / f".{out.name}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    with output_file(out, force=force, inputs=inputs) as staged:
+        staged.write_text(text, encoding="utf-8")
+        try:
+            arch = resolve(load_spec(staged))
+        except MorphError as e:  # name the config, not the staging file that is removed
+            where = Mark(str(src / "config.json"))
+            made = [Problem(f"the spec made from it is invalid: {p.message}", where)
+                    for p in e.problems]  # fmt: skip
+            raise MorphError(made) from None
+        with open_checkpoint(src, arch) as reader:
+            tensors = len(reader)
     return ImportResult(out, family.naming, dict(arch.spec.vars), tensors)

@@ -15,6 +15,17 @@ from typing import Any
 from morphspec.arch import Arch
 from morphspec.errors import Mark
 from morphspec.interop.family import Config, Family, first, fmt, refuse
+from morphspec.interop.hfconfig import (
+    Field,
+    checked,
+    flag,
+    mapping,
+    optional,
+    parse,
+    positive,
+    size,
+    text,
+)
 from morphspec.interop.keymap import KeyMap, Rule
 
 __all__ = ["LLAMA"]
@@ -41,22 +52,51 @@ KEYMAP = KeyMap(
 )
 
 
+FIELDS = (
+    *(
+        Field(n, size)
+        for n in (
+            "vocab_size",
+            "hidden_size",
+            "num_attention_heads",
+            "intermediate_size",
+            "num_hidden_layers",
+        )
+    ),
+    Field("num_key_value_heads", optional(size), None),
+    Field("head_dim", optional(size), None),
+    Field("max_position_embeddings", size, 2048),
+    Field("rms_norm_eps", positive, 1e-6),
+    Field("rope_theta", optional(positive), None),
+    Field("rope_scaling", optional(mapping), None),
+    Field("rope_parameters", optional(mapping), None),
+    Field("hidden_act", text, "silu"),
+    Field("attention_bias", flag, False),
+    Field("mlp_bias", flag, False),
+    Field("tie_word_embeddings", flag, False),
+)
+
+
 def _rope(config: Config, where: Mark) -> float:
     """rope_theta from transformers 5's `rope_parameters` or the older top-level fields."""
-    params = config.get("rope_parameters") or {}
+    params = config["rope_parameters"] or {}
     kind = params.get("rope_type", "default")
     if kind != "default":
         raise refuse(where, "rope_parameters.rope_type", kind, "the spec's RoPE has no scaling")
-    scaling = config.get("rope_scaling")
+    scaling = config["rope_scaling"]
     if scaling:
         kind = scaling.get("rope_type", scaling.get("type"))
         if kind != "default":
             raise refuse(where, "rope_scaling", scaling, "the spec's RoPE has no scaling")
-    theta = params.get("rope_theta", config.get("rope_theta"))
-    return float(theta) if theta is not None else 10000.0
+    theta = params.get("rope_theta", config["rope_theta"])
+    if theta is None:
+        return 10000.0
+    return float(checked("rope_parameters.rope_theta", theta, positive, where))
 
 
-def read(config: Config, where: Mark) -> dict[str, Any]:
+def read(raw: Config, where: Mark) -> dict[str, Any]:
+    """The spec parameters of a config, its `FIELDS` checked by type first."""
+    config = parse(raw, FIELDS, where)
     if config.get("model_type") == "qwen2":
         raise refuse(
             where,
@@ -65,7 +105,7 @@ def read(config: Config, where: Mark) -> dict[str, Any]:
             "its q/k/v projections have biases and o_proj"
             " none; a spec's attention has one bias switch for all four",
         )
-    act = config.get("hidden_act", "silu")
+    act = config["hidden_act"]
     if act != "silu":
         raise refuse(where, "hidden_act", act, "morph builds Llama's MLP with silu (SwiGLU)")
     if config.get("sliding_window") is not None or config.get("use_sliding_window"):
@@ -75,22 +115,27 @@ def read(config: Config, where: Mark) -> dict[str, Any]:
             config.get("sliding_window"),
             "the spec's attention is full causal attention",
         )
-    dim, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or dim // heads)
+    dim, heads = config["hidden_size"], config["num_attention_heads"]
+    kv_heads = config["num_key_value_heads"] or heads
+    if heads % kv_heads:
+        raise refuse(where, "num_key_value_heads", kv_heads, f"it must divide {heads} heads")
+    if config["head_dim"] is None and dim % heads:
+        raise refuse(where, "num_attention_heads", heads, f"hidden_size {dim} is not a multiple")
+    head_dim = config["head_dim"] or dim // heads
     return {
-        "vocab": int(config["vocab_size"]),
+        "vocab": config["vocab_size"],
         "dim": dim,
         "heads": heads,
-        "kv_heads": int(config.get("num_key_value_heads") or heads),
+        "kv_heads": kv_heads,
         "head_dim": head_dim if head_dim * heads != dim else None,
-        "hidden": int(config["intermediate_size"]),
-        "layers": int(config["num_hidden_layers"]),
-        "max_len": int(config.get("max_position_embeddings", 2048)),
-        "eps": float(config.get("rms_norm_eps", 1e-6)),
+        "hidden": config["intermediate_size"],
+        "layers": config["num_hidden_layers"],
+        "max_len": config["max_position_embeddings"],
+        "eps": config["rms_norm_eps"],
         "rope_theta": _rope(config, where),
-        "attention_bias": bool(config.get("attention_bias", False)),
-        "mlp_bias": bool(config.get("mlp_bias", False)),
-        "tied": bool(config.get("tie_word_embeddings", False)),
+        "attention_bias": config["attention_bias"],
+        "mlp_bias": config["mlp_bias"],
+        "tied": config["tie_word_embeddings"],
     }
 
 

@@ -29,12 +29,17 @@ MAX_PARAMS = ("MORPH_MAX_PARAMS", 2_000_000_000)  # numbers allocated by init / 
 
 
 def limit(which: tuple[str, int]) -> int:
-    """The limit, from its environment variable when that holds a positive integer."""
+    """The limit, from its environment variable when that is set: ASCII digits only (`²`
+    and `٣` are digits to Python, not to a limit), a positive whole number."""
     env, default = which
     raw = os.environ.get(env, "").strip()
-    if raw.isdigit() and int(raw) > 0:
-        return int(raw)
-    return default
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise SpecError(
+            f"{env}={raw!r} is not a positive whole number (digits 0-9); fix or unset it"
+        )
+    return int(raw)
 
 
 def over(which: tuple[str, int], what: str) -> str:

@@ -166,11 +166,13 @@ def _attention(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, 
         raise ShapeError(f"rotary embedding needs an even head_dim, got {hd}", "head_dim")
     if a.get("rope_theta", 1.0) <= 0:
         raise ShapeError(f"rope_theta must be positive, got {a['rope_theta']}", "rope_theta")
+    if a.get("qkv_bias") is None:
+        a["qkv_bias"] = a["bias"]
     params: Shapes = {}
     for proj, rows, cols in (("q_proj", heads * hd, dim), ("k_proj", kv * hd, dim),
                              ("v_proj", kv * hd, dim), ("o_proj", dim, heads * hd)):  # fmt: skip
         params[f"{proj}.weight"] = (rows, cols)
-        if a["bias"]:
+        if a["bias"] if proj == "o_proj" else a["qkv_bias"]:
             params[f"{proj}.bias"] = (rows,)
     proj_flops = 2 * t * dim * (2 * heads * hd + 2 * kv * hd)
     return x, params, proj_flops + 2 * 2 * t * t * heads * hd

@@ -148,9 +148,11 @@ class Attention(nn.Module):
         bias: bool = True,
         rope: bool = False,
         rope_base: float = 10000.0,
+        qkv_bias: bool | None = None,
     ) -> None:
         super().__init__()
         kv_heads = heads if kv_heads is None else kv_heads
+        qkv = bias if qkv_bias is None else qkv_bias  # Qwen2: q/k/v biases, o_proj none
         if heads <= 0 or kv_heads <= 0 or head_dim <= 0:
             raise ValueError(
                 f"heads, kv_heads and head_dim must be positive: {heads}, {kv_heads}, {head_dim}"
@@ -166,9 +168,9 @@ class Attention(nn.Module):
         self.causal = causal
         self.rope = rope
         self.rope_base = rope_base
-        self.q_proj = nn.Linear(dim, heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(dim, kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(dim, kv_heads * head_dim, bias=bias)
+        self.q_proj = nn.Linear(dim, heads * head_dim, bias=qkv)
+        self.k_proj = nn.Linear(dim, kv_heads * head_dim, bias=qkv)
+        self.v_proj = nn.Linear(dim, kv_heads * head_dim, bias=qkv)
         self.o_proj = nn.Linear(heads * head_dim, dim, bias=bias)
 
     def _split(self, x: Tensor, n: int) -> Tensor:

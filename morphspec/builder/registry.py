@@ -36,6 +36,7 @@ def _attention(n: Node) -> nn.Module:
     return L.Attention(
         n.inp.channels, a["heads"], a["head_dim"], a["kv_heads"],
         causal=a["causal"], bias=a["bias"], rope=a["rope"], rope_base=a["rope_theta"],
+        qkv_bias=a.get("qkv_bias"),
     )  # fmt: skip
 
 

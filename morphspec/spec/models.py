@@ -47,7 +47,7 @@ Num = Annotated[
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity")
 Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity"]
 # Checkpoint namings: the declared key converters of morphspec.interop (kept in sync by a test).
-Naming = Literal["morphspec", "hf-gpt2", "hf-llama"]
+Naming = Literal["morphspec", "hf-gpt2", "hf-llama", "hf-qwen2"]
 
 
 class _Layer(BaseModel):
@@ -148,6 +148,11 @@ class Attention(_Layer):
     kv_heads: Num | None = Field(None, description="defaults to heads")
     causal: bool = True
     bias: bool = True
+    qkv_bias: bool | None = Field(
+        None,
+        description="biases of q_proj, k_proj and v_proj apart from o_proj's (Qwen2: true with"
+        " bias false); defaults to bias",
+    )
     rope: bool = False
     rope_theta: Num = Field(10000, description="the rotary base (Llama's rope_theta)")
 

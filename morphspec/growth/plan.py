@@ -59,6 +59,9 @@ class Plan:
     insert_runs: list[tuple[str, ...]] = field(default_factory=list)
     renames: dict[str, str] = field(default_factory=dict)
     """Block paths of the appended layout -> their places (`growth/interleave.py`)."""
+    copy_from: dict[str, int] = field(default_factory=dict)
+    """New blocks (appended layout) -> the teacher copy that will precede each once
+    interleaved, which `--new-blocks copy` copies (LLaMA-Pro); absent: the last copy."""
 
     @property
     def widens(self) -> list[WidenSpace]:
@@ -93,6 +96,16 @@ class Plan:
         last = self.new_blocks[block]
         ref = f"{repeat}.{last}{key[len(block) :]}"
         return ref if ref in self.teacher.state_shapes() else None
+
+    def copy_key(self, key: str) -> str | None:
+        """For a tensor of an appended block: the teacher tensor `--new-blocks copy` starts
+        it from, the block that precedes it (the teacher's last unless interleaved)."""
+        block = self.new_block_of(key)
+        if block is None or block not in self.copy_from:
+            return self.reference_key(key)
+        repeat, _, _ = block.rpartition(".")
+        ref = f"{repeat}.{self.copy_from[block]}{key[len(block) :]}"
+        return ref if ref in self.teacher.state_shapes() else self.reference_key(key)
 
     def student_key(self, key: str) -> str:
         """Where tensor `key` of the appended layout ends up (itself unless interleaved)."""

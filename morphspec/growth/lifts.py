@@ -93,10 +93,10 @@ def _choose(teacher: Arch, student: Arch, space: ChannelSpace, a: int) -> Lift |
     why = (
         f"keep each eps and grow to a multiple of {a} (duplication, x -> [x, x])"
         if n2 % a
-        else f"keep each eps ({eps:g}) for duplication (x -> [x, x])"
+        else f"keep each eps ({eps!r}) for duplication (x -> [x, x])"
     )
     fill = (
-        f", or set every norm's eps to eps·{a}/{n2} ({eps * a / n2:g} here) for the"
+        f", or set every norm's eps to eps·{a}/{n2} ({eps * a / n2!r} here) for the"
         f" {'zero' if norm.kind == 'rmsnorm' else 'mean'}-fill lift"
         if len(kinds) == 1
         else " (a space with both layernorm and rmsnorm has no fill lift)"

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from transformers.models.llama import modeling_llama
 from transformers.models.mistral import modeling_mistral
+from transformers.models.mixtral import modeling_mixtral
+from transformers.models.qwen2 import modeling_qwen2
 
 __all__ = ["float64_rmsnorm", "transformers_warnings"]
 
@@ -20,15 +22,24 @@ def _rms64(self: Any, h: torch.Tensor) -> torch.Tensor:
     return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
 
 
+_NORMS: list[type[Any]] = [
+    modeling_llama.LlamaRMSNorm,
+    modeling_mistral.MistralRMSNorm,
+    modeling_qwen2.Qwen2RMSNorm,
+    modeling_mixtral.MixtralRMSNorm,
+]
+
+
 @contextmanager
 def float64_rmsnorm() -> Iterator[None]:
-    saved = modeling_llama.LlamaRMSNorm.forward, modeling_mistral.MistralRMSNorm.forward
-    modeling_llama.LlamaRMSNorm.forward = _rms64  # type: ignore[method-assign]
-    modeling_mistral.MistralRMSNorm.forward = _rms64  # type: ignore[method-assign]
+    saved = [cls.forward for cls in _NORMS]
+    for cls in _NORMS:
+        cls.forward = _rms64
     try:
         yield
     finally:
-        modeling_llama.LlamaRMSNorm.forward, modeling_mistral.MistralRMSNorm.forward = saved
+        for cls, forward in zip(_NORMS, saved, strict=True):
+            cls.forward = forward
 
 
 @contextmanager

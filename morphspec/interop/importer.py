@@ -60,7 +60,7 @@ def read_config(folder: Path) -> tuple[Family, dict[str, Any]]:
     model_type = config.get("model_type")
     family = BY_MODEL_TYPE.get(str(model_type))
     if family is None:
-        known = ", ".join(t for f in FAMILIES for t in f.model_types if t != "qwen2")
+        known = ", ".join(t for f in FAMILIES for t in f.model_types)
         raise MorphError(
             f"unsupported architecture: model_type {model_type!r}; morph imports {known}", where
         )

@@ -2,9 +2,10 @@
 attention, SwiGLU. Names differ from the spec's only where the spec nests the MLP residual
 (`layers.N.ffn.*`), so every rule is a rename.
 
-Refused, by field: rope scaling of any kind (the spec's RoPE has one base), sliding-window
-attention, activations other than SiLU, and Qwen2, whose q/k/v projections carry biases
-while o_proj has none (the spec's attention has one `bias` switch for all four).
+Refused, by field: rope scaling of any kind (the spec's RoPE has one base), a sliding
+window shorter than `max_position_embeddings` (one at least as long never masks anything),
+and activations other than SiLU (`swish` is transformers' other name for it). Qwen2, which
+is a Llama with q/k/v biases, reuses `read_common`, `spec_yaml` and `config` (qwen2.py).
 """
 
 from __future__ import annotations
@@ -56,25 +57,34 @@ def _rope(config: Config, where: Mark) -> float:
     return float(theta) if theta is not None else 10000.0
 
 
-def read(config: Config, where: Mark) -> dict[str, Any]:
-    if config.get("model_type") == "qwen2":
-        raise refuse(
-            where,
-            "model_type",
-            "qwen2",
-            "its q/k/v projections have biases and o_proj"
-            " none; a spec's attention has one bias switch for all four",
-        )
-    act = config.get("hidden_act", "silu")
-    if act != "silu":
-        raise refuse(where, "hidden_act", act, "morph builds Llama's MLP with silu (SwiGLU)")
-    if config.get("sliding_window") is not None or config.get("use_sliding_window"):
+def check_window(config: Config, where: Mark, used: bool = True) -> None:
+    """A sliding window masks nothing when it spans every position; a shorter one does."""
+    window = config.get("sliding_window")
+    positions = int(config.get("max_position_embeddings", 2048))
+    if used and window is not None and int(window) < positions:
         raise refuse(
             where,
             "sliding_window",
-            config.get("sliding_window"),
-            "the spec's attention is full causal attention",
+            window,
+            f"a window shorter than max_position_embeddings ({positions}) masks distant"
+            " tokens, and the spec's attention is full causal attention",
         )
+
+
+def check_act(config: Config, where: Mark, key: str = "hidden_act") -> None:
+    act = config.get(key, "silu")
+    if act not in ("silu", "swish"):  # transformers maps swish to nn.SiLU
+        raise refuse(where, key, act, "morph builds this MLP with silu (SwiGLU)")
+
+
+def read(config: Config, where: Mark) -> dict[str, Any]:
+    check_act(config, where)
+    check_window(config, where)
+    return read_common(config, where)
+
+
+def read_common(config: Config, where: Mark) -> dict[str, Any]:
+    """The sizes and switches every Llama-shaped family shares."""
     dim, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
     head_dim = int(config.get("head_dim") or dim // heads)
     return {
@@ -82,7 +92,7 @@ def read(config: Config, where: Mark) -> dict[str, Any]:
         "dim": dim,
         "heads": heads,
         "kv_heads": int(config.get("num_key_value_heads") or heads),
-        "head_dim": head_dim if head_dim * heads != dim else None,
+        "head_dim": head_dim,
         "hidden": int(config["intermediate_size"]),
         "layers": int(config["num_hidden_layers"]),
         "max_len": int(config.get("max_position_embeddings", 2048)),
@@ -91,22 +101,24 @@ def read(config: Config, where: Mark) -> dict[str, Any]:
         "attention_bias": bool(config.get("attention_bias", False)),
         "mlp_bias": bool(config.get("mlp_bias", False)),
         "tied": bool(config.get("tie_word_embeddings", False)),
+        "qkv_bias": None,
+        "naming": "hf-llama",
     }
 
 
 def spec_yaml(p: Mapping[str, Any]) -> str:
     vars_ = (
         f"vocab: {p['vocab']}, dim: {p['dim']}, heads: {p['heads']}, kv_heads: {p['kv_heads']},"
-        f" hidden: {p['hidden']}, layers: {p['layers']}, max_len: {p['max_len']}"
+        f" head_dim: {p['head_dim']}, hidden: {p['hidden']}, layers: {p['layers']},"
+        f" max_len: {p['max_len']}, eps: {fmt(p['eps'])}"
     )
-    head_dim = "dim // heads"
-    if p["head_dim"] is not None:
-        vars_ += f", head_dim: {p['head_dim']}"
-        head_dim = "head_dim"
-    eps = fmt(p["eps"])
+    eps = "eps"
     head = "tie: model.embed_tokens" if p["tied"] else "bias: false"
+    qkv = ""
+    if p.get("qkv_bias") is not None:
+        qkv = f"\n            qkv_bias: {str(p['qkv_bias']).lower()}"
     return f"""\
-naming: hf-llama
+naming: {p.get("naming", "hf-llama")}
 vars: {{{vars_}}}
 input: {{shape: [{min(p["max_len"], 64)}], dtype: int64}}
 blocks:
@@ -118,9 +130,9 @@ blocks:
         - attention:
             name: self_attn
             heads: heads
-            head_dim: {head_dim}
+            head_dim: head_dim
             kv_heads: kv_heads
-            bias: {str(p["attention_bias"]).lower()}
+            bias: {str(p["attention_bias"]).lower()}{qkv}
             rope: true
             rope_theta: {fmt(p["rope_theta"])}
       post:
@@ -174,4 +186,4 @@ def config(arch: Arch) -> dict[str, Any]:
     }
 
 
-LLAMA = Family("hf-llama", ("llama", "mistral", "qwen2"), KEYMAP, read, spec_yaml, config)
+LLAMA = Family("hf-llama", ("llama", "mistral"), KEYMAP, read, spec_yaml, config)

@@ -27,6 +27,8 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gpt heads 2->4": (GPT, {**GPT, "heads": 4}),
     "gpt heads 2->3 (odd)": (GPT, {**GPT, "heads": 3}),
     "llama kv groups 2->4": (LLAMA, {**LLAMA, "heads": 8, "kv_heads": 4}),
+    "llama query heads 4->8 at kv 2": (LLAMA, {**LLAMA, "heads": 8}),
+    "llama query heads 4->6 at kv 2 (one per group)": (LLAMA, {**LLAMA, "heads": 6}),
     "llama kv heads 1->4 (repeat)": (
         {**LLAMA, "kv_heads": 1},
         {**LLAMA, "kv_heads": 4},
@@ -171,7 +173,7 @@ def test_growth_keeps_the_optimizer_state(tmp_path: Path) -> None:
 REFUSALS: dict[str, tuple[dict[str, Any], dict[str, Any], str, str]] = {
     "query heads change kv group": (
         LLAMA,
-        {**LLAMA, "heads": 8},
+        {**LLAMA, "heads": 12, "kv_heads": 4},
         "would move old query heads to another kv head",
         "attention: {name: attn",
     ),

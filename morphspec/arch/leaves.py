@@ -181,16 +181,24 @@ def _attention(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, 
 def _mlp(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
     _need(x, "mlp", "vector", "sequence")
     dim, hidden = x.channels, a["hidden"]
-    params: Shapes = {}
+    experts, top_k = a.setdefault("experts", 1), a.setdefault("top_k", 1)
+    if experts < 1:
+        raise ShapeError(f"experts must be at least 1, got {experts}", "experts")
+    if not 1 <= top_k <= experts:
+        raise ShapeError(f"top_k must be between 1 and experts ({experts}), got {top_k}", "top_k")
     mats = [("up_proj", hidden, dim), ("down_proj", dim, hidden)]
     if a["gated"]:
         mats.insert(1, ("gate_proj", hidden, dim))
-    for proj, rows, cols in mats:
-        params[f"{proj}.weight"] = (rows, cols)
-        if a["bias"]:
-            params[f"{proj}.bias"] = (rows,)
+    prefixes = [""] if experts == 1 else [f"experts.{j}." for j in range(experts)]
+    params: Shapes = {"gate.weight": (experts, dim)} if experts > 1 else {}
+    for prefix in prefixes:
+        for proj, rows, cols in mats:
+            params[f"{prefix}{proj}.weight"] = (rows, cols)
+            if a["bias"]:
+                params[f"{prefix}{proj}.bias"] = (rows,)
     rows = x.dims[0] if x.layout == "sequence" else 1
-    return x, params, 2 * rows * dim * hidden * len(mats)
+    router = 2 * rows * dim * experts if experts > 1 else 0
+    return x, params, 2 * rows * dim * hidden * len(mats) * top_k + router
 
 
 def _channel_pad(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:

@@ -14,6 +14,7 @@ from torch import nn
 from morphspec.arch.nodes import Arch, Node
 from morphspec.builder import layers as L
 from morphspec.builder import reversible as R
+from morphspec.builder.moe import MoE
 
 __all__ = ["BUILDERS", "build_arch", "build_node"]
 
@@ -37,6 +38,19 @@ def _attention(n: Node) -> nn.Module:
         n.inp.channels, a["heads"], a["head_dim"], a["kv_heads"],
         causal=a["causal"], bias=a["bias"], rope=a["rope"], rope_base=a["rope_theta"],
         qkv_bias=a.get("qkv_bias"),
+    )  # fmt: skip
+
+
+def _mlp(n: Node) -> nn.Module:
+    a = n.args
+    if a.get("experts", 1) > 1:
+        return MoE(
+            n.inp.channels, a["hidden"], a["experts"], a["top_k"], a["act"],
+            gated=a["gated"], bias=a["bias"], act_options=a.get("act_options"),
+        )  # fmt: skip
+    return L.Mlp(
+        n.inp.channels, a["hidden"], a["act"], gated=a["gated"], bias=a["bias"],
+        act_options=a.get("act_options"),
     )  # fmt: skip
 
 
@@ -80,14 +94,7 @@ BUILDERS: dict[str, Builder] = {
     "embedding": lambda n: nn.Embedding(n.args["vocab"], n.args["dim"]),
     "position_embedding": lambda n: L.PositionEmbedding(n.args["max_len"], n.inp.channels),
     "attention": _attention,
-    "mlp": lambda n: L.Mlp(
-        n.inp.channels,
-        n.args["hidden"],
-        n.args["act"],
-        gated=n.args["gated"],
-        bias=n.args["bias"],
-        act_options=n.args.get("act_options"),
-    ),
+    "mlp": lambda n: _mlp(n),
     "sequential": lambda n: L.Sequence(_children(n)),
     "repeat": lambda n: L.Sequence(_children(n)),
     "residual": _residual,

@@ -165,6 +165,14 @@ class Mlp(_Layer):
     )
     gated: bool = False
     bias: bool = True
+    experts: Num = Field(
+        1,
+        description="experts of a mixture (Mixtral: a router `gate` and `experts.<j>`, each"
+        " this MLP); 1 is the dense MLP",
+    )
+    top_k: Num = Field(
+        1, description="experts each token goes to; their router weights renormalised to sum 1"
+    )
 
     @field_validator("act")
     @classmethod

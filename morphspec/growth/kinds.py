@@ -135,6 +135,9 @@ class KindRule:
     stepped: bool = False
     """Its parameters repeat per step as `<step>.<param>` (reversible units): each role
     applies to every step's copy (`roles_of`), and `steps` may grow (growth/segments.py)."""
+    nested: str = ""
+    """Its parameters may also sit under `<nested>.<j>.` (an mlp's experts): each takes the
+    roles of its local name, in every copy (growth/experts.py adds and copies the copies)."""
     pads: bool = False
     """Writes its input's channels, then zero channels (channel_pad): its output space is
     derived from its input's, which growth/segments.py follows."""
@@ -157,6 +160,13 @@ class KindRule:
     def roles_of(self, params: Mapping[str, Any]) -> list[ParamRole]:
         """The roles of the parameters a node of this kind actually has (every step's, for
         a stepped kind)."""
+        if self.nested:
+            out = [r for r in self.roles if r.param in params]
+            for name in params:
+                head, j, local = ([*name.split(".", 2), "", ""])[:3]
+                if head == self.nested and j.isdigit():
+                    out += [replace(r, param=name) for r in self.roles if r.param == local]
+            return out
         if not self.stepped:
             return [r for r in self.roles if r.param in params]
         out = []
@@ -352,9 +362,11 @@ _RULES = [
             ParamRole("down_proj.weight", 1, "consumer", "hidden"),
             ParamRole("down_proj.weight", 0, "producer", "out"),
             ParamRole("down_proj.bias", 0, "producer", "out"),
+            ParamRole("gate.weight", 1, "consumer", "in"),  # the router of a mixture
         ),
         inner={"hidden": ("hidden",)},
-        grows=frozenset({"hidden"}),
+        grows=frozenset({"hidden", "experts", "top_k"}),
+        nested="experts",
     ),
     # heads and kv_heads grow by whole kv groups (or kv heads repeat), head_dim inside every
     # head: growth/groups.py.

@@ -130,7 +130,7 @@ def grow(
     t_arch, s_arch = plan.teacher, plan.student
     device = next(iter(state.values())).device if state else torch.device("cpu")
     grown = {
-        e.key: _owned(e.produce(), state.get(plan.source_key(e.key)))
+        e.key: _owned(e.produce(), state.get(grower.source_key(plan.source_key(e.key))))
         for e in student_entries(plan, grower, source)
     }
     student = build_arch(s_arch)

@@ -17,6 +17,7 @@ from morphspec.arch import resolve
 from morphspec.arch.nodes import Arch, Node
 from morphspec.errors import PlanRefused, Problem
 from morphspec.growth.align import align
+from morphspec.growth.experts import expert_growths
 from morphspec.growth.graph import SpaceGraph, space_graph
 from morphspec.growth.groups import head_growths
 from morphspec.growth.kinds import rule_of
@@ -257,6 +258,7 @@ def diff(teacher: Arch, student: Arch) -> Plan:
     problems = unruled_dims(teacher, student, graph, teacher_size, set(kernels))
     problems += unfilled_layouts(student, graph, teacher_size)
     problems += head_growths(teacher, student)[1]
+    problems += expert_growths(teacher, student)[1]
     if problems:
         raise PlanRefused(problems)
     return Plan(

@@ -27,6 +27,7 @@ from morphspec.arch.nodes import Node
 from morphspec.errors import PlanRefused, Problem
 from morphspec.growth import segments
 from morphspec.growth.conditions import FAMILY_CONDITIONS, Conditions
+from morphspec.growth.experts import finish_router, register_experts
 from morphspec.growth.families.facts import Facts, channel_view, rule_or_fail
 from morphspec.growth.families.newlayers import NewLayers
 from morphspec.growth.graph import ChannelSpace, Role
@@ -111,6 +112,9 @@ class Family(NewLayers):
             plan.teacher, plan.student, plan.graph, facts.sizes, facts.units, facts.repeats,
             facts.inside,
         )  # fmt: skip
+        problems += register_experts(
+            plan.teacher, plan.student, facts.segments.sources, facts.routers
+        )
         problems += check_lifts(
             plan.teacher, plan.student, plan.graph, facts.sizes, self.exact, facts.lifts,
             facts.scaled,
@@ -292,6 +296,8 @@ class Family(NewLayers):
         if key in self.facts.scaled:
             x.div_(self.facts.scaled[key])
         segments.finish(self, key, x, roles)
+        if key in self.facts.routers:
+            finish_router(x, self.facts.routers[key])
         return x
 
     def source_key(self, key: str) -> str:

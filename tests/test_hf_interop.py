@@ -130,6 +130,8 @@ def test_import_writes_a_spec_that_loads_the_folder_as_it_is(tmp_path: Path) -> 
         "layers": 2,
         "max_len": 16,
         "eps": 1e-06,
+        "experts": 1,
+        "top_k": 1,
     }
     model = morphspec.load(tmp_path / "t.yaml", folder, dtype=torch.float64)
     loaded = model.state_dict()
@@ -191,6 +193,10 @@ def test_gpt2_folders_without_the_transformer_prefix_read_too(tmp_path: Path) ->
             "sliding_window = 15",
         ),
         ({**LLAMA, "hidden_act": "gelu"}, "hidden_act = 'gelu'"),
+        (
+            {**LLAMA, "model_type": "mixtral", "router_jitter_noise": 0.01},
+            "router_jitter_noise = 0.01",
+        ),
     ],
 )
 def test_unsupported_configs_are_refused_naming_the_field(

@@ -84,3 +84,26 @@ def test_exported_config_has_rope_theta_at_the_top_and_in_rope_parameters(
     config = json.loads((tmp_path / "o" / "config.json").read_text())
     assert config["rope_parameters"] == {"rope_type": "default", "rope_theta": 5e5}
     assert config["rope_theta"] == 5e5
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        (
+            {**LLAMA, "model_type": "qwen2_moe", "shared_expert_intermediate_size": 32},
+            "shared_expert_intermediate_size = 32: Qwen2-MoE adds a shared expert",
+        ),
+        (
+            {**LLAMA, "model_type": "gemma2", "final_logit_softcapping": 30.0},
+            "final_logit_softcapping = 30.0: Gemma 2 soft-caps",
+        ),
+    ],
+)
+def test_near_families_are_refused_naming_the_field(
+    tmp_path: Path, config: dict[str, Any], words: str
+) -> None:
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MorphError, match=re.escape(words)):
+        import_hf(folder, tmp_path / "t.yaml")

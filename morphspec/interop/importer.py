@@ -19,8 +19,8 @@ from typing import Any
 
 from morphspec.arch import Arch, resolve
 from morphspec.errors import Mark, MorphError
-from morphspec.interop.family import Family
-from morphspec.interop.registry import BY_MODEL_TYPE, FAMILIES
+from morphspec.interop.family import Family, refuse
+from morphspec.interop.registry import BY_MODEL_TYPE, FAMILIES, REFUSED
 from morphspec.spec import load_spec
 
 __all__ = ["ImportResult", "import_hf", "read_config", "spec_text"]
@@ -59,6 +59,9 @@ def read_config(folder: Path) -> tuple[Family, dict[str, Any]]:
         raise MorphError("config.json must hold a JSON object", where)
     model_type = config.get("model_type")
     family = BY_MODEL_TYPE.get(str(model_type))
+    if str(model_type) in REFUSED:
+        field, why = REFUSED[str(model_type)]
+        raise refuse(where, field, config.get(field), why)
     if family is None:
         known = ", ".join(t for f in FAMILIES for t in f.model_types)
         raise MorphError(

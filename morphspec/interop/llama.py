@@ -1,4 +1,5 @@
-"""Llama (`LlamaForCausalLM`), and Mistral where it is a Llama: RMSNorm, RoPE, grouped-query
+"""Llama (`LlamaForCausalLM`), Mistral where it is a Llama, and Mixtral (a Mistral with a
+mixture of experts, mixtral.py), whose dense relative it upcycles to: RMSNorm, RoPE, grouped-query
 attention, SwiGLU. Names differ from the spec's only where the spec nests the MLP residual
 (`layers.N.ffn.*`), so every rule is a rename.
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from morphspec.arch import Arch
 from morphspec.errors import Mark
+from morphspec.interop import mixtral
 from morphspec.interop.family import Config, Family, first, fmt, refuse
 from morphspec.interop.keymap import KeyMap, Rule
 
@@ -35,6 +37,7 @@ KEYMAP = KeyMap(
             Rule((_L + f"ffn.mlp.{p}_proj.{{w}}",), _L + f"mlp.{p}_proj.{{w}}")
             for p in ("gate", "up", "down")
         ),
+        *mixtral.RULES,
         Rule(("model.norm.weight",), "model.norm.weight"),
         Rule(("lm_head.weight",), "lm_head.weight"),
     ),
@@ -87,6 +90,8 @@ def read_common(config: Config, where: Mark) -> dict[str, Any]:
     """The sizes and switches every Llama-shaped family shares."""
     dim, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
     head_dim = int(config.get("head_dim") or dim // heads)
+    experts, top_k = mixtral.read_experts(config, where)
+    moe = experts > 1 or config.get("model_type") == "mixtral"  # Mixtral has no biases
     return {
         "vocab": int(config["vocab_size"]),
         "dim": dim,
@@ -98,8 +103,10 @@ def read_common(config: Config, where: Mark) -> dict[str, Any]:
         "max_len": int(config.get("max_position_embeddings", 2048)),
         "eps": float(config.get("rms_norm_eps", 1e-6)),
         "rope_theta": _rope(config, where),
-        "attention_bias": bool(config.get("attention_bias", False)),
-        "mlp_bias": bool(config.get("mlp_bias", False)),
+        "attention_bias": bool(config.get("attention_bias", False)) and not moe,
+        "mlp_bias": bool(config.get("mlp_bias", False)) and not moe,
+        "experts": experts,
+        "top_k": top_k,
         "tied": bool(config.get("tie_word_embeddings", False)),
         "qkv_bias": None,
         "naming": "hf-llama",
@@ -110,7 +117,8 @@ def spec_yaml(p: Mapping[str, Any]) -> str:
     vars_ = (
         f"vocab: {p['vocab']}, dim: {p['dim']}, heads: {p['heads']}, kv_heads: {p['kv_heads']},"
         f" head_dim: {p['head_dim']}, hidden: {p['hidden']}, layers: {p['layers']},"
-        f" max_len: {p['max_len']}, eps: {fmt(p['eps'])}"
+        f" max_len: {p['max_len']}, eps: {fmt(p['eps'])}, experts: {p.get('experts', 1)},"
+        f" top_k: {p.get('top_k', 1)}"
     )
     eps = "eps"
     head = "tie: model.embed_tokens" if p["tied"] else "bias: false"
@@ -146,6 +154,8 @@ blocks:
                 act: silu
                 gated: true
                 bias: {str(p["mlp_bias"]).lower()}
+                experts: experts
+                top_k: top_k
 body:
   - sequential:
       name: model
@@ -165,6 +175,7 @@ def config(arch: Arch) -> dict[str, Any]:
     emb, attn, mlp = first(arch, "embedding"), first(arch, "attention"), first(arch, "mlp")
     max_len = arch.spec.vars.get("max_len", 2048)
     theta = attn.args["rope_theta"]
+    moe = mlp.args["experts"] > 1
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -183,7 +194,7 @@ def config(arch: Arch) -> dict[str, Any]:
         "attention_bias": attn.args["bias"],
         "mlp_bias": mlp.args["bias"],
         "tie_word_embeddings": bool(first(arch, "linear").args.get("tie")),
-    }
+    } | (mixtral.config_fields(mlp.args["experts"], mlp.args["top_k"]) if moe else {})
 
 
-LLAMA = Family("hf-llama", ("llama", "mistral"), KEYMAP, read, spec_yaml, config)
+LLAMA = Family("hf-llama", ("llama", "mistral", "mixtral"), KEYMAP, read, spec_yaml, config)

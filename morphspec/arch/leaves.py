@@ -14,7 +14,7 @@ from morphspec.errors import Mark
 
 __all__ = ["COUNT_ARGS", "REAL_ARGS", "ShapeError", "make"]
 
-REAL_ARGS = frozenset({"eps", "momentum", "slope", "p", "h", "rope_theta"})
+REAL_ARGS = frozenset({"eps", "momentum", "slope", "p", "h", "rope_theta", "scale", "offset"})
 COUNT_ARGS = frozenset(
     {"out", "kernel", "stride", "dilation", "heads", "head_dim", "kv_heads", "hidden",
      "vocab", "dim", "max_len", "steps", "times"}

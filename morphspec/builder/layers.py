@@ -25,6 +25,7 @@ __all__ = [
     "PositionEmbedding",
     "RMSNorm",
     "Residual",
+    "ScaledEmbedding",
     "Sequence",
     "TiedLinear",
     "activation",
@@ -60,7 +61,8 @@ def activation(name: str, slope: float = 0.01, approximate: str = "none") -> nn.
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm (Llama style): no mean subtraction and no bias.
+    """Root-mean-square norm (Llama style): no mean subtraction and no bias; with `offset`
+    (Gemma: 1) the gain is offset + weight, applied before the cast back as Gemma does.
 
     Statistics are taken in at least float32 because squaring half-precision values overflows
     or loses most of their precision; the normalised input is cast back to the input dtype
@@ -69,19 +71,38 @@ class RMSNorm(nn.Module):
     not rounded to float32: exactness checks run in float64.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, offset: float = 0.0) -> None:
         super().__init__()
         self.dim = dim
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.offset = offset
+        self.weight = nn.Parameter(torch.full((dim,), 1.0 - offset))
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:  # Gemma: (1 + w) applied before the cast back, in float32
+            return (normed * (self.offset + self.weight.to(normed.dtype))).to(x.dtype)
         return (self.weight * normed.to(x.dtype)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
+
+
+class ScaledEmbedding(nn.Embedding):
+    """An embedding whose output is multiplied by `scale` (Gemma: √dim), rounded to float32
+    and then to the weight's dtype, as Gemma's embedding does; the key stays `weight`."""
+
+    def __init__(self, vocab: int, dim: int, scale: float) -> None:
+        super().__init__(vocab, dim)
+        self.scale = scale
+
+    def forward(self, input: Tensor) -> Tensor:
+        factor = torch.tensor(self.scale, dtype=torch.float32).to(self.weight.dtype)
+        return super().forward(input) * factor
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale}"
 
 
 class PositionEmbedding(nn.Module):

@@ -85,13 +85,19 @@ BUILDERS: dict[str, Builder] = {
     ),
     "batchnorm": _norm_1d_2d,
     "layernorm": lambda n: nn.LayerNorm(n.inp.channels, eps=n.args["eps"], bias=n.args["bias"]),
-    "rmsnorm": lambda n: L.RMSNorm(n.inp.channels, eps=n.args["eps"]),
+    "rmsnorm": lambda n: L.RMSNorm(
+        n.inp.channels, eps=n.args["eps"], offset=n.args.get("offset", 0)
+    ),
     "dropout": lambda n: nn.Dropout(n.args["p"]),
     "maxpool": lambda n: nn.MaxPool2d(n.args["kernel"], n.args["stride"], n.args["padding"]),
     "avgpool": lambda n: nn.AvgPool2d(n.args["kernel"], n.args["stride"], n.args["padding"]),
     "global_avgpool": lambda n: L.GlobalAvgPool(),
     "flatten": lambda n: nn.Flatten(),
-    "embedding": lambda n: nn.Embedding(n.args["vocab"], n.args["dim"]),
+    "embedding": lambda n: (
+        L.ScaledEmbedding(n.args["vocab"], n.args["dim"], n.args["scale"])
+        if n.args.get("scale", 1) != 1
+        else nn.Embedding(n.args["vocab"], n.args["dim"])
+    ),
     "position_embedding": lambda n: L.PositionEmbedding(n.args["max_len"], n.inp.channels),
     "attention": _attention,
     "mlp": lambda n: _mlp(n),

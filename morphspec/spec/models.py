@@ -47,7 +47,7 @@ Num = Annotated[
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity")
 Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity"]
 # Checkpoint namings: the declared key converters of morphspec.interop (kept in sync by a test).
-Naming = Literal["morphspec", "hf-gpt2", "hf-llama", "hf-qwen2"]
+Naming = Literal["morphspec", "hf-gpt2", "hf-llama", "hf-qwen2", "hf-gemma"]
 
 
 class _Layer(BaseModel):
@@ -91,6 +91,9 @@ class LayerNorm(_Layer):
 class RMSNorm(_Layer):
     op: Literal["rmsnorm"]
     eps: Num = 1e-5
+    offset: Num = Field(
+        0, description="the gain is offset + weight (Gemma: 1, its weights start at 0)"
+    )
 
 
 class Act(_Layer):
@@ -134,6 +137,11 @@ class Embedding(_Layer):
     op: Literal["embedding"]
     vocab: Num
     dim: Num
+    scale: Num = Field(
+        1,
+        description="the output is multiplied by it, rounded to float32 and then to the"
+        " weight's dtype as Gemma does (Gemma: 'dim ** 0.5')",
+    )
 
 
 class PositionEmbedding(_Layer):

@@ -152,6 +152,9 @@ class KindRule:
     keeps_nonneg: bool = False
     neutral: Mapping[str, float] = field(default_factory=dict)
     """Values of new channel-wise entries that keep each channel's output unchanged."""
+    offset_arg: str = ""
+    """An arg added to the channel-wise `weight` (Gemma's rmsnorm gain is 1 + w): neutral
+    weights are shifted down by it, and gains cannot be rescaled by a factor."""
     identity: Identity = "none"
     """How a new layer of this kind starts as the identity (Net2DeeperNet, projections)."""
     identity_problem: Callable[[Mapping[str, Any]], str | None] = _no_identity_problem
@@ -303,7 +306,14 @@ _RULES = [
     KindRule(
         "layernorm", "keep", _channel("weight", "bias"), mixes_channels=True, neutral=_NORM_NEUTRAL
     ),
-    KindRule("rmsnorm", "keep", _channel("weight"), mixes_channels=True, neutral=_NORM_NEUTRAL),
+    KindRule(
+        "rmsnorm",
+        "keep",
+        _channel("weight"),
+        mixes_channels=True,
+        neutral=_NORM_NEUTRAL,
+        offset_arg="offset",
+    ),
     _activation(
         "relu",
         zero_fixed=True,

@@ -123,6 +123,16 @@ def check_lifts(
         if isinstance(lift, Problem):
             problems.append(lift)
             continue
+        offset = next((p for p in space.mixing_norms if student.node(p).args.get("offset")), None)
+        if lift.kind != "duplicate" and offset is not None:
+            problems.append(Problem(
+                f"channel space '{space.label}': the {lift.kind}-fill lift rescales norm gains,"
+                f" and rmsnorm '{offset}' has an offset (its gain is offset + weight), so no"
+                " factor on the weight does that; keep each eps and grow to a multiple"
+                " (duplication)",
+                student.node(offset).mark,
+            ))  # fmt: skip
+            continue
         lifts[space.id] = lift
         if lift.kind != "duplicate":
             for path in space.mixing_norms:

@@ -234,7 +234,10 @@ class Family(NewLayers):
             teacher = self.rescaler.teacher(key, teacher)
         is_channel = any(r.kind == "channel" for r, _ in roles)
         if is_channel:
-            neutral = _rule(self.plan.student.node(node_path)).neutral.get(local, 0.0)
+            node = self.plan.student.node(node_path)
+            neutral = _rule(node).neutral.get(local, 0.0)
+            if local == "weight" and _rule(node).offset_arg:
+                neutral -= node.args.get(_rule(node).offset_arg, 0)
             x = torch.full(shape, neutral, dtype=torch.float64).to(dtype)
         else:
             existing = reference_std

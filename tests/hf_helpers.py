@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from transformers.models.gemma import modeling_gemma
 from transformers.models.llama import modeling_llama
 from transformers.models.mistral import modeling_mistral
 from transformers.models.mixtral import modeling_mixtral
@@ -30,16 +31,23 @@ _NORMS: list[type[Any]] = [
 ]
 
 
+def _gemma64(self: Any, h: torch.Tensor) -> torch.Tensor:
+    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)) * (1.0 + self.weight)
+
+
 @contextmanager
 def float64_rmsnorm() -> Iterator[None]:
     saved = [cls.forward for cls in _NORMS]
+    gemma = modeling_gemma.GemmaRMSNorm.forward
     for cls in _NORMS:
         cls.forward = _rms64
+    modeling_gemma.GemmaRMSNorm.forward = _gemma64  # type: ignore[method-assign]
     try:
         yield
     finally:
         for cls, forward in zip(_NORMS, saved, strict=True):
             cls.forward = forward
+        modeling_gemma.GemmaRMSNorm.forward = gemma  # type: ignore[method-assign]
 
 
 @contextmanager

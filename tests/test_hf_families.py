@@ -21,6 +21,8 @@ transformers = pytest.importorskip("transformers")
 from hf_helpers import float64_rmsnorm, transformers_warnings  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
+    GemmaConfig,
+    GemmaForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     Qwen2Config,
@@ -45,9 +47,10 @@ MODELS: dict[str, Callable[[], torch.nn.Module]] = {
         )
     ),
 }
+MODELS["gemma"] = lambda: GemmaForCausalLM(GemmaConfig(**DECODER, head_dim=4))
 # HF's router takes its softmax in float32 even in a float64 model: ~1e-8 apart from ours
-FLOAT64 = {"qwen2": 1e-12, "mixtral": 1e-6}
-GROWN = {"qwen2": 1e-10, "mixtral": 1e-6}
+FLOAT64 = {"qwen2": 1e-12, "mixtral": 1e-6, "gemma": 1e-12}
+GROWN = {"qwen2": 1e-10, "mixtral": 1e-6, "gemma": 1e-10}
 # each growth that applies, as --set of the imported spec's vars
 GROWTHS: dict[str, dict[str, str]] = {
     "qwen2": {
@@ -67,7 +70,14 @@ GROWTHS: dict[str, dict[str, str]] = {
         "all": "experts=8,top_k=4,heads=8,hidden=40,layers=3",
     },
 }
+GROWTHS["gemma"] = {  # d_model would change the embedding's scale √dim: refused
+    "query heads": "heads=8",
+    "kv groups": "heads=8,kv_heads=4",
+    "mlp": "hidden=40",
+    "depth": "layers=3",
+}
 FAST = {
+    ("gemma", "query heads", "netmorph"),
     ("qwen2", "query heads", "r2r"),
     ("qwen2", "d_model", "net2net"),
     ("mixtral", "experts", "net2net"),
@@ -205,3 +215,21 @@ def test_readme_upcycling_command_makes_a_mixtral(tmp_path: Path) -> None:
     want = llama.generate(ids[:, :4], max_new_tokens=12, do_sample=False, pad_token_id=1)
     got = moe.generate(ids[:, :4], max_new_tokens=12, do_sample=False, pad_token_id=1)
     assert torch.equal(want, got)
+
+
+@pytest.mark.parametrize("saved", ["gemma"], indirect=True)
+def test_gemma_d_model_is_refused_and_new_norms_start_at_gain_one(
+    saved: Any, tmp_path: Path
+) -> None:
+    from morphspec.errors import MorphError
+
+    _, _, root, _ = saved
+    spec, hf = root / "teacher.yaml", root / "hf"
+    with pytest.raises(MorphError, match=r"scale changes from 4\.0 to 5\.65"):
+        convert(spec, spec, hf, tmp_path / "s.safetensors", student_set=["dim=32"])
+    out = tmp_path / "deep"
+    convert(spec, spec, hf, to_hf=out, student_set=["layers=3"], family="netmorph")
+    from safetensors.torch import load_file
+
+    state = load_file(str(out / "model.safetensors"))
+    assert not state["model.layers.2.input_layernorm.weight"].any()  # gain 1 + 0

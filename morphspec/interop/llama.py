@@ -121,6 +121,8 @@ def spec_yaml(p: Mapping[str, Any]) -> str:
         f" top_k: {p.get('top_k', 1)}"
     )
     eps = "eps"
+    offset = f", offset: {fmt(p['norm_offset'])}" if p.get("norm_offset") else ""  # Gemma
+    scale = ", scale: dim ** 0.5" if p.get("embed_scale") else ""  # Gemma
     head = "tie: model.embed_tokens" if p["tied"] else "bias: false"
     qkv = ""
     if p.get("qkv_bias") is not None:
@@ -134,7 +136,7 @@ blocks:
     args: {{dim: required, heads: required, kv_heads: required, hidden: required}}
     residual:
       body:
-        - rmsnorm: {{name: input_layernorm, eps: {eps}}}
+        - rmsnorm: {{name: input_layernorm, eps: {eps}{offset}}}
         - attention:
             name: self_attn
             heads: heads
@@ -147,11 +149,11 @@ blocks:
         residual:
           name: ffn
           body:
-            - rmsnorm: {{name: post_attention_layernorm, eps: {eps}}}
+            - rmsnorm: {{name: post_attention_layernorm, eps: {eps}{offset}}}
             - mlp:
                 name: mlp
                 hidden: hidden
-                act: silu
+                act: {p.get("act", "silu")}
                 gated: true
                 bias: {str(p["mlp_bias"]).lower()}
                 experts: experts
@@ -160,13 +162,13 @@ body:
   - sequential:
       name: model
       body:
-        - embedding: {{name: embed_tokens, vocab: vocab, dim: dim}}
+        - embedding: {{name: embed_tokens, vocab: vocab, dim: dim{scale}}}
         - repeat:
             name: layers
             times: layers
             block: decoder_layer
             args: {{dim: dim, heads: heads, kv_heads: kv_heads, hidden: hidden}}
-        - rmsnorm: {{name: norm, eps: {eps}}}
+        - rmsnorm: {{name: norm, eps: {eps}{offset}}}
   - linear: {{name: lm_head, out: vocab, {head}}}
 """
 

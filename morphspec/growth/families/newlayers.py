@@ -121,7 +121,7 @@ class NewLayers:
         # a mixture's experts each write the stream: every expert's matrix outputs zero
         nested = _rule(terminal).nested
         copies = [p for p in terminal.params if p.startswith(f"{nested}.") and p.endswith(matrix)]
-        for param in (copies if nested and copies else [matrix]):
+        for param in copies if nested and copies else [matrix]:
             problems += self.zero_output(node, terminal, terminal.key(param), facts)
         return problems
 

@@ -14,6 +14,7 @@ from transformers.models.gemma import modeling_gemma
 from transformers.models.llama import modeling_llama
 from transformers.models.mistral import modeling_mistral
 from transformers.models.mixtral import modeling_mixtral
+from transformers.models.phi3 import modeling_phi3
 from transformers.models.qwen2 import modeling_qwen2
 
 __all__ = ["float64_rmsnorm", "transformers_warnings"]
@@ -28,6 +29,7 @@ _NORMS: list[type[Any]] = [
     modeling_mistral.MistralRMSNorm,
     modeling_qwen2.Qwen2RMSNorm,
     modeling_mixtral.MixtralRMSNorm,
+    modeling_phi3.Phi3RMSNorm,
 ]
 
 

@@ -25,6 +25,8 @@ from transformers import (  # noqa: E402
     GemmaForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -48,9 +50,10 @@ MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     ),
 }
 MODELS["gemma"] = lambda: GemmaForCausalLM(GemmaConfig(**DECODER, head_dim=4))
+MODELS["phi3"] = lambda: Phi3ForCausalLM(Phi3Config(**DECODER))
 # HF's router takes its softmax in float32 even in a float64 model: ~1e-8 apart from ours
-FLOAT64 = {"qwen2": 1e-12, "mixtral": 1e-6, "gemma": 1e-12}
-GROWN = {"qwen2": 1e-10, "mixtral": 1e-6, "gemma": 1e-10}
+FLOAT64 = {"qwen2": 1e-12, "mixtral": 1e-6, "gemma": 1e-12, "phi3": 1e-12}
+GROWN = {"qwen2": 1e-10, "mixtral": 1e-6, "gemma": 1e-10, "phi3": 1e-10}
 # each growth that applies, as --set of the imported spec's vars
 GROWTHS: dict[str, dict[str, str]] = {
     "qwen2": {
@@ -76,8 +79,17 @@ GROWTHS["gemma"] = {  # d_model would change the embedding's scale √dim: refus
     "mlp": "hidden=40",
     "depth": "layers=3",
 }
+GROWTHS["phi3"] = {  # fused qkv_proj and gate_up_proj grow through the key map's concat
+    "query heads": "heads=8",
+    "kv groups": "heads=8,kv_heads=4",
+    "d_model": "dim=32",
+    "mlp": "hidden=40",
+    "depth": "layers=3",
+}
 FAST = {
     ("gemma", "query heads", "netmorph"),
+    ("phi3", "kv groups", "r2r"),
+    ("phi3", "mlp", "net2net"),
     ("qwen2", "query heads", "r2r"),
     ("qwen2", "d_model", "net2net"),
     ("mixtral", "experts", "net2net"),

@@ -107,3 +107,12 @@ def test_near_families_are_refused_naming_the_field(
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(MorphError, match=re.escape(words)):
         import_hf(folder, tmp_path / "t.yaml")
+
+
+def test_phi3_partial_rotary_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    config = {**LLAMA, "model_type": "phi3", "rope_parameters": {"partial_rotary_factor": 0.5}}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MorphError, match="partial_rotary_factor = 0.5"):
+        import_hf(folder, tmp_path / "t.yaml")

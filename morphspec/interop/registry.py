@@ -6,11 +6,12 @@ from morphspec.interop.family import Family
 from morphspec.interop.gemma import GEMMA
 from morphspec.interop.gpt2 import GPT2
 from morphspec.interop.llama import LLAMA
+from morphspec.interop.phi3 import PHI3
 from morphspec.interop.qwen2 import QWEN2
 
 __all__ = ["BY_MODEL_TYPE", "BY_NAMING", "FAMILIES", "REFUSED"]
 
-FAMILIES: tuple[Family, ...] = (GPT2, LLAMA, QWEN2, GEMMA)
+FAMILIES: tuple[Family, ...] = (GPT2, LLAMA, QWEN2, GEMMA, PHI3)
 BY_NAMING = {f.naming: f for f in FAMILIES}
 BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 

@@ -47,7 +47,7 @@ Num = Annotated[
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity")
 Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity"]
 # Checkpoint namings: the declared key converters of morphspec.interop (kept in sync by a test).
-Naming = Literal["morphspec", "hf-gpt2", "hf-llama", "hf-qwen2", "hf-gemma"]
+Naming = Literal["morphspec", "hf-gpt2", "hf-llama", "hf-qwen2", "hf-gemma", "hf-phi3"]
 
 
 class _Layer(BaseModel):

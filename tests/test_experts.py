@@ -141,3 +141,13 @@ def test_other_expert_growths_are_refused(tmp_path: Path, case: str) -> None:
     with pytest.raises(PlanRefused, match=words.replace("(", r"\(").replace(")", r"\)")) as err:
         _grow(tmp_path, t, s, "r2r")
     assert str(err.value.problems[0].mark) == where(tmp_path / "s.yaml", "mlp: {name: mlp")
+
+
+def test_the_plan_lists_the_expert_growth(tmp_path: Path) -> None:
+    from morphspec.growth.plan import AddExperts, plan_for
+
+    (tmp_path / "t.yaml").write_text(moe_spec(2, 1), "utf-8")
+    (tmp_path / "s.yaml").write_text(moe_spec(4, 2), "utf-8")
+    _, _, plan = plan_for(tmp_path / "t.yaml", tmp_path / "s.yaml")
+    assert plan.ops == [AddExperts(MLP, 2, 4, 1, 2)]
+    assert plan.to_json()["ops"][0]["op"] == "add_experts"

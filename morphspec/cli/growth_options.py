@@ -16,6 +16,7 @@ from morphspec.growth.graph import ChannelSpace
 from morphspec.growth.kinds import rule_of
 from morphspec.growth.options import GrowOptions, option_infos
 from morphspec.growth.plan import (
+    AddExperts,
     AddSteps,
     GrowKernel,
     InsertBlocks,
@@ -130,6 +131,17 @@ def plan_table(plan: Plan, family: str = "r2r") -> Table:
             table.add_row("interleave", op.repeat, f"copies move {moves}")
         elif isinstance(op, GrowKernel):
             table.add_row("grow kernel", op.layer, f"{op.old}x{op.old} -> {op.new}x{op.new}")
+        elif isinstance(op, AddExperts):
+            how = (
+                "each a copy of the MLP, new router"
+                if op.old == 1
+                else "each copied, router rows duplicated"
+            )
+            table.add_row(
+                "add experts",
+                op.layer,
+                f"{op.old} -> {op.new} ({how}; top_k {op.old_top_k} -> {op.new_top_k})",
+            )
         elif isinstance(op, AddSteps):
             how = f"h {op.old_h:g} -> {op.new_h:g}, refined" if op.refines else "appended"
             table.add_row("add steps", op.unit, f"{op.old} -> {op.new} ({how})")

@@ -22,6 +22,7 @@ from morphspec.growth.graph import SpaceGraph, space_graph
 from morphspec.growth.groups import head_growths
 from morphspec.growth.kinds import rule_of
 from morphspec.growth.ops import (
+    AddExperts,
     AddProjection,
     AddSteps,
     GrowKernel,
@@ -37,7 +38,7 @@ from morphspec.spec import load_spec
 from morphspec.spec.load import SetArg
 
 __all__ = [
-    "AddProjection", "AddSteps", "GrowKernel", "InsertBlocks", "InsertLayers",
+    "AddExperts", "AddProjection", "AddSteps", "GrowKernel", "InsertBlocks", "InsertLayers",
     "InterleaveBlocks", "Plan",
     "WidenSpace", "diff", "plan_for",
 ]  # fmt: skip
@@ -258,9 +259,13 @@ def diff(teacher: Arch, student: Arch) -> Plan:
     problems = unruled_dims(teacher, student, graph, teacher_size, set(kernels))
     problems += unfilled_layouts(student, graph, teacher_size)
     problems += head_growths(teacher, student)[1]
-    problems += expert_growths(teacher, student)[1]
+    experts, refused = expert_growths(teacher, student)
+    problems += refused
     if problems:
         raise PlanRefused(problems)
+    for path, g in experts.items():
+        k1, k2 = teacher.node(path).args["top_k"], student.node(path).args["top_k"]
+        ops.append(AddExperts(path, g.old, g.new, k1, k2))
     return Plan(
         teacher, student, ops, graph, teacher_size, new_blocks, projections, kernels, insert_runs
     )

@@ -125,9 +125,13 @@ def test_import_writes_a_spec_that_loads_the_folder_as_it_is(tmp_path: Path) -> 
         "dim": 8,
         "heads": 4,
         "kv_heads": 2,
+        "head_dim": 2,
         "hidden": 12,
         "layers": 2,
         "max_len": 16,
+        "eps": 1e-06,
+        "experts": 1,
+        "top_k": 1,
     }
     model = morphspec.load(tmp_path / "t.yaml", folder, dtype=torch.float64)
     loaded = model.state_dict()
@@ -183,9 +187,16 @@ def test_gpt2_folders_without_the_transformer_prefix_read_too(tmp_path: Path) ->
             {**LLAMA, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}},
             "rope_type = 'yarn'",
         ),
-        ({**LLAMA, "model_type": "mistral", "sliding_window": 4096}, "sliding_window = 4096"),
-        ({**LLAMA, "model_type": "qwen2"}, "o_proj none"),
+        ({**LLAMA, "model_type": "mistral", "sliding_window": 8}, "sliding_window = 8"),
+        (
+            {**LLAMA, "model_type": "qwen2", "use_sliding_window": True, "sliding_window": 15},
+            "sliding_window = 15",
+        ),
         ({**LLAMA, "hidden_act": "gelu"}, "hidden_act = 'gelu'"),
+        (
+            {**LLAMA, "model_type": "mixtral", "router_jitter_noise": 0.01},
+            "router_jitter_noise = 0.01",
+        ),
     ],
 )
 def test_unsupported_configs_are_refused_naming_the_field(
@@ -348,7 +359,7 @@ def test_cli_import_and_export(tmp_path: Path) -> None:
             str(folder),
             "-o",
             str(tmp_path / "o"),
-            "--shard-size",
+            "--max-shard-size",
             "3KB",
             "--json",
         ],

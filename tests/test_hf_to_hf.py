@@ -64,6 +64,7 @@ GROWTHS = {
     },
     "llama": {
         "heads": "dim=32,heads=8,kv_heads=4",  # whole kv groups appended, head_dim kept
+        "query heads": "heads=8",  # new query heads join both kv groups (kv_heads kept)
         "kv_heads": "kv_heads=4",  # kv heads repeated
         "mlp": "hidden=40",  # (head_dim with RoPE is refused: docs/transformers.md)
         "depth": "layers=3",

@@ -28,6 +28,8 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gpt heads 2->4": (GPT, {**GPT, "heads": 4}),
     "gpt heads 2->3 (odd)": (GPT, {**GPT, "heads": 3}),
     "llama kv groups 2->4": (LLAMA, {**LLAMA, "heads": 8, "kv_heads": 4}),
+    "llama query heads 4->8 at kv 2": (LLAMA, {**LLAMA, "heads": 8}),
+    "llama query heads 4->6 at kv 2 (one per group)": (LLAMA, {**LLAMA, "heads": 6}),
     "llama kv heads 1->4 (repeat)": (
         {**LLAMA, "kv_heads": 1},
         {**LLAMA, "kv_heads": 4},
@@ -172,7 +174,7 @@ def test_growth_keeps_the_optimizer_state(tmp_path: Path) -> None:
 REFUSALS: dict[str, tuple[dict[str, Any], dict[str, Any], str, str]] = {
     "query heads change kv group": (
         LLAMA,
-        {**LLAMA, "heads": 8},
+        {**LLAMA, "heads": 12, "kv_heads": 4},
         "would move old query heads to another kv head",
         "attention: {name: attn",
     ),
@@ -390,8 +392,8 @@ def test_a_stream_with_both_norm_kinds_has_no_fill(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("family", ["net2net", "netmorph"])
 def test_new_blocks_as_copies_of_trained_ones(tmp_path: Path, family: str) -> None:
-    """--new-blocks copy (LLaMA-Pro): a new block is the teacher's last block with o_proj
-    and down_proj zero; exact, interleaved or not."""
+    """--new-blocks copy (LLaMA-Pro): a new block is the teacher's block before it with
+    o_proj and down_proj zero; exact, interleaved or not."""
     model = build_teacher(transformer_spec(**{**LLAMA, "layers": 2}), tmp_path / "t.yaml")
     (tmp_path / "s.yaml").write_text(transformer_spec(**{**LLAMA, "layers": 4}), "utf-8")
     with one_intraop_thread():
@@ -400,8 +402,9 @@ def test_new_blocks_as_copies_of_trained_ones(tmp_path: Path, family: str) -> No
     assert result.verification is not None and result.train_verification is not None
     assert max(result.verification.rel_err, result.train_verification.rel_err) <= 1e-10
     s, t = result.student.state_dict(), model.state_dict()
-    for new in ("transformer.h.1", "transformer.h.3"):  # interleaved: old 0, new, old 1, new
-        assert torch.equal(s[f"{new}.attn.q_proj.weight"], t["transformer.h.1.attn.q_proj.weight"])
+    for n, o in (("1", "0"), ("3", "1")):  # interleaved: old 0, new, old 1, new
+        new, old = f"transformer.h.{n}", f"transformer.h.{o}"
+        assert torch.equal(s[f"{new}.attn.q_proj.weight"], t[f"{old}.attn.q_proj.weight"])
         assert not s[f"{new}.attn.o_proj.weight"].any()
         assert not s[f"{new}.ffn.mlp.down_proj.weight"].any()
 

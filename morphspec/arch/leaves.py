@@ -20,7 +20,7 @@ from morphspec.kinds.record import ShapeError
 
 __all__ = ["COUNT_ARGS", "REAL_ARGS", "ShapeError", "make"]
 
-REAL_ARGS = frozenset({"eps", "momentum", "slope", "p", "h", "rope_theta"})
+REAL_ARGS = frozenset({"eps", "momentum", "slope", "p", "h", "rope_theta", "scale", "offset"})
 COUNT_ARGS = frozenset(
     {"out", "kernel", "stride", "dilation", "heads", "head_dim", "kv_heads", "hidden",
      "vocab", "dim", "max_len", "steps", "times"}
@@ -164,11 +164,13 @@ def _attention(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, 
         raise ShapeError(f"rotary embedding needs an even head_dim, got {hd}", "head_dim")
     if a.get("rope_theta", 1.0) <= 0:
         raise ShapeError(f"rope_theta must be positive, got {a['rope_theta']}", "rope_theta")
+    if a.get("qkv_bias") is None:
+        a["qkv_bias"] = a["bias"]
     params: Shapes = {}
     for proj, rows, cols in (("q_proj", heads * hd, dim), ("k_proj", kv * hd, dim),
                              ("v_proj", kv * hd, dim), ("o_proj", dim, heads * hd)):  # fmt: skip
         params[f"{proj}.weight"] = (rows, cols)
-        if a["bias"]:
+        if a["bias"] if proj == "o_proj" else a["qkv_bias"]:
             params[f"{proj}.bias"] = (rows,)
     proj_flops = 2 * t * dim * (2 * heads * hd + 2 * kv * hd)
     return x, params, proj_flops + 2 * 2 * t * t * heads * hd
@@ -177,16 +179,24 @@ def _attention(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, 
 def _mlp(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:
     _need(x, "mlp", "vector", "sequence")
     dim, hidden = x.channels, a["hidden"]
-    params: Shapes = {}
+    experts, top_k = a.setdefault("experts", 1), a.setdefault("top_k", 1)
+    if experts < 1:
+        raise ShapeError(f"experts must be at least 1, got {experts}", "experts")
+    if not 1 <= top_k <= experts:
+        raise ShapeError(f"top_k must be between 1 and experts ({experts}), got {top_k}", "top_k")
     mats = [("up_proj", hidden, dim), ("down_proj", dim, hidden)]
     if a["gated"]:
         mats.insert(1, ("gate_proj", hidden, dim))
-    for proj, rows, cols in mats:
-        params[f"{proj}.weight"] = (rows, cols)
-        if a["bias"]:
-            params[f"{proj}.bias"] = (rows,)
+    prefixes = [""] if experts == 1 else [f"experts.{j}." for j in range(experts)]
+    params: Shapes = {"gate.weight": (experts, dim)} if experts > 1 else {}
+    for prefix in prefixes:
+        for proj, rows, cols in mats:
+            params[f"{prefix}{proj}.weight"] = (rows, cols)
+            if a["bias"]:
+                params[f"{prefix}{proj}.bias"] = (rows,)
     rows = x.dims[0] if x.layout == "sequence" else 1
-    return x, params, 2 * rows * dim * hidden * len(mats)
+    router = 2 * rows * dim * experts if experts > 1 else 0
+    return x, params, 2 * rows * dim * hidden * len(mats) * top_k + router
 
 
 def _channel_pad(a: dict[str, Any], x: TensorShape) -> tuple[TensorShape, Shapes, int]:

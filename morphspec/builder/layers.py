@@ -25,6 +25,7 @@ __all__ = [
     "PositionEmbedding",
     "RMSNorm",
     "Residual",
+    "ScaledEmbedding",
     "Sequence",
     "TiedLinear",
     "activation",
@@ -60,7 +61,8 @@ def activation(name: str, slope: float = 0.01, approximate: str = "none") -> nn.
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm (Llama style): no mean subtraction and no bias.
+    """Root-mean-square norm (Llama style): no mean subtraction and no bias; with `offset`
+    (Gemma: 1) the gain is offset + weight, applied before the cast back as Gemma does.
 
     Statistics are taken in at least float32 because squaring half-precision values overflows
     or loses most of their precision; the normalised input is cast back to the input dtype
@@ -69,19 +71,38 @@ class RMSNorm(nn.Module):
     not rounded to float32: exactness checks run in float64.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, offset: float = 0.0) -> None:
         super().__init__()
         self.dim = dim
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.offset = offset
+        self.weight = nn.Parameter(torch.full((dim,), 1.0 - offset))
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:  # Gemma: (1 + w) applied before the cast back, in float32
+            return (normed * (self.offset + self.weight.to(normed.dtype))).to(x.dtype)
         return (self.weight * normed.to(x.dtype)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
+
+
+class ScaledEmbedding(nn.Embedding):
+    """An embedding whose output is multiplied by `scale` (Gemma: √dim), rounded to float32
+    and then to the weight's dtype, as Gemma's embedding does; the key stays `weight`."""
+
+    def __init__(self, vocab: int, dim: int, scale: float) -> None:
+        super().__init__(vocab, dim)
+        self.scale = scale
+
+    def forward(self, input: Tensor) -> Tensor:
+        factor = torch.tensor(self.scale, dtype=torch.float32).to(self.weight.dtype)
+        return super().forward(input) * factor
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale}"
 
 
 class PositionEmbedding(nn.Module):
@@ -148,9 +169,11 @@ class Attention(nn.Module):
         bias: bool = True,
         rope: bool = False,
         rope_base: float = 10000.0,
+        qkv_bias: bool | None = None,
     ) -> None:
         super().__init__()
         kv_heads = heads if kv_heads is None else kv_heads
+        qkv = bias if qkv_bias is None else qkv_bias  # Qwen2: q/k/v biases, o_proj none
         if heads <= 0 or kv_heads <= 0 or head_dim <= 0:
             raise ValueError(
                 f"heads, kv_heads and head_dim must be positive: {heads}, {kv_heads}, {head_dim}"
@@ -166,9 +189,9 @@ class Attention(nn.Module):
         self.causal = causal
         self.rope = rope
         self.rope_base = rope_base
-        self.q_proj = nn.Linear(dim, heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(dim, kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(dim, kv_heads * head_dim, bias=bias)
+        self.q_proj = nn.Linear(dim, heads * head_dim, bias=qkv)
+        self.k_proj = nn.Linear(dim, kv_heads * head_dim, bias=qkv)
+        self.v_proj = nn.Linear(dim, kv_heads * head_dim, bias=qkv)
         self.o_proj = nn.Linear(heads * head_dim, dim, bias=bias)
 
     def _split(self, x: Tensor, n: int) -> Tensor:

@@ -14,6 +14,7 @@ from torch import nn
 from morphspec.arch.nodes import Arch, Node
 from morphspec.builder import layers as L
 from morphspec.builder import reversible as R
+from morphspec.builder.moe import MoE
 from morphspec.kinds import registry
 
 __all__ = ["build_arch", "build_node"]
@@ -33,6 +34,7 @@ def attention(n: Node) -> nn.Module:
     return L.Attention(
         n.inp.channels, a["heads"], a["head_dim"], a["kv_heads"],
         causal=a["causal"], bias=a["bias"], rope=a["rope"], rope_base=a["rope_theta"],
+        qkv_bias=a.get("qkv_bias"),
     )  # fmt: skip
 
 
@@ -55,7 +57,7 @@ def layernorm(n: Node) -> nn.Module:
 
 
 def rmsnorm(n: Node) -> nn.Module:
-    return L.RMSNorm(n.inp.channels, eps=n.args["eps"])
+    return L.RMSNorm(n.inp.channels, eps=n.args["eps"], offset=n.args.get("offset", 0))
 
 
 def dropout(n: Node) -> nn.Module:
@@ -79,6 +81,8 @@ def flatten(n: Node) -> nn.Module:
 
 
 def embedding(n: Node) -> nn.Module:
+    if n.args.get("scale", 1) != 1:
+        return L.ScaledEmbedding(n.args["vocab"], n.args["dim"], n.args["scale"])
     return nn.Embedding(n.args["vocab"], n.args["dim"])
 
 
@@ -88,6 +92,11 @@ def position_embedding(n: Node) -> nn.Module:
 
 def mlp(n: Node) -> nn.Module:
     a = n.args
+    if a.get("experts", 1) > 1:
+        return MoE(
+            n.inp.channels, a["hidden"], a["experts"], a["top_k"], a["act"],
+            gated=a["gated"], bias=a["bias"], act_options=a.get("act_options"),
+        )  # fmt: skip
     return L.Mlp(
         n.inp.channels, a["hidden"], a["act"], gated=a["gated"], bias=a["bias"],
         act_options=a.get("act_options"),

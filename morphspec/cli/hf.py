@@ -18,7 +18,7 @@ IMPORT_EXAMPLES = """\
   morph summary gpt2.yaml --set layers=24"""
 EXPORT_EXAMPLES = """\
   morph export-hf student.yaml student.safetensors -o ./student-hf --source ./gpt2
-  morph export-hf gpt2.yaml ./gpt2 -o ./gpt2-copy --shard-size 200MB"""
+  morph export-hf gpt2.yaml ./gpt2 -o ./gpt2-copy --max-shard-size 200MB"""
 
 _UNITS = {
     "": 1,
@@ -76,7 +76,14 @@ SourceOpt = Annotated[
     ),
 ]
 ShardOpt = Annotated[
-    str, typer.Option("--shard-size", metavar="SIZE", help="Largest shard, e.g. 5GB or 200MB.")
+    str,
+    typer.Option(
+        "--max-shard-size",
+        "--shard-size",
+        metavar="SIZE",
+        help="Largest shard, e.g. 5GB or 200MB, as `convert` takes it (--shard-size: the"
+        " old spelling, deprecated).",
+    ),
 ]
 
 
@@ -114,7 +121,7 @@ def export_hf(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a Hugging Face folder (config.json, weights under the family's names, sharded
-    above --shard-size) that transformers' from_pretrained loads strictly.
+    above --max-shard-size) that transformers' from_pretrained loads strictly.
 
     The spec must declare an HF `naming` (as `morph import-hf` writes it). The folder is
     written beside the output and renamed into place when complete; an existing one is

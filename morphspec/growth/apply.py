@@ -64,7 +64,8 @@ class _Source:
         ):
             return teacher  # nothing grew along any dimension of this tensor
         if ref is not None and family.options.new_blocks == "copy":
-            teacher = self.reader.get(ref, copy=False)  # a copy of the trained block (LLaMA-Pro)
+            # a copy of the trained block before it (LLaMA-Pro)
+            teacher = self.reader.get(family.plan.copy_key(key) or ref, copy=False)
         if ref is not None and ref not in self.ref_std:
             known = family.spreads.get(ref)  # the reference's own fill computed it already
             self.ref_std[ref] = (

@@ -14,6 +14,7 @@ from morphspec.growth.catalog import CATALOG
 from morphspec.growth.graph import ChannelSpace
 from morphspec.growth.kinds import rule_of
 from morphspec.growth.ops import (
+    AddExperts,
     AddSteps,
     GrowKernel,
     InsertBlocks,
@@ -62,6 +63,12 @@ def describe(plan: Plan, family: str = "r2r") -> list[PlanRow]:
         elif isinstance(op, GrowKernel):
             change = f"{op.old}x{op.old} -> {op.new}x{op.new}"
             rows.append(PlanRow("grow kernel", op.layer, change))
+        elif isinstance(op, AddExperts):
+            how = "each a copy of the MLP, new router" if op.old == 1 else (
+                "each copied, router rows duplicated"
+            )  # fmt: skip
+            change = f"{op.old} -> {op.new} ({how}; top_k {op.old_top_k} -> {op.new_top_k})"
+            rows.append(PlanRow("add experts", op.layer, change))
         elif isinstance(op, AddSteps):
             how = f"h {op.old_h:g} -> {op.new_h:g}, refined" if op.refines else "appended"
             rows.append(PlanRow("add steps", op.unit, f"{op.old} -> {op.new} ({how})"))

@@ -19,8 +19,17 @@ exact, and nothing else is attempted:
   reads kv head h // (g/r); student kv head j is teacher kv head j // r, which is the one
   h // g named before (h // (g/r) // r = h // g). Nothing is free; every family does it.
 
-A query head that would change its kv group (heads grow and kv_heads do not grow in
-proportion) and a changed head_dim are refused with the reason.
+- **query heads at fixed kv heads** (kv_heads kept, heads × g'/g; how Llama-family sizes
+  grow, 32/8 -> 64/8): new query heads join every kv group at its end. q_proj rows and
+  o_proj columns are viewed as (kv groups, g, head_dim) and the family's rule runs on the
+  g axis, one query head a channel: R2R pairs new heads within a group (equal q rows, so
+  equal attention over the shared k, v, and o_proj columns [Z, -Z]; an unpaired head gets
+  zero columns), Net2Net copies old heads of the same group (o_proj columns divided by
+  the counts), NetMorph gives new heads zero o_proj columns. `--netmorph-zero in` is
+  refused: a zero query attends uniformly over the group's v, which is not zero.
+
+A query head that would change its kv group (heads grow and kv_heads grow, but not in
+proportion) and query heads with a changed head_dim at once are refused with the reason.
 """
 
 from __future__ import annotations
@@ -52,10 +61,11 @@ def is_grouped(node: Node) -> bool:
 @dataclass(frozen=True)
 class HeadGrowth:
     """How one attention layer's heads grow: `groups` appends kv groups (old -> new
-    groups), `repeat` repeats each kv head `new // old` times (old -> new kv heads)."""
+    groups), `repeat` repeats each kv head `new // old` times (old -> new kv heads),
+    `query` adds query heads inside every kv group (old -> new heads per group)."""
 
     path: str
-    mode: Literal["groups", "repeat"]
+    mode: Literal["groups", "repeat", "query"]
     old: int
     new: int
     heads_unit: int
@@ -101,13 +111,16 @@ def head_growths(teacher: Arch, student: Arch) -> tuple[dict[str, HeadGrowth], l
             growths[s.path] = HeadGrowth(s.path, "groups", k1, k2, h2 // k2 * d2, d2, inside)
         elif h1 == h2 and k2 % k1 == 0 and not inside:
             growths[s.path] = HeadGrowth(s.path, "repeat", k1, k2, 0, d2)
+        elif k1 == k2 and not inside:
+            growths[s.path] = HeadGrowth(s.path, "query", h1 // k1, h2 // k2, 0, d2)
         else:
             problems.append(Problem(
                 f"attention '{s.path}': heads {h1} -> {h2} with kv_heads {k1} -> {k2}: query"
                 f" head h reads kv head h // (heads/kv_heads), and {h1 // k1} -> {h2 // k2}"
                 " query heads per kv head would move old query heads to another kv head."
-                " Grow kv_heads in proportion (whole kv groups are appended), or grow"
-                " kv_heads alone to a multiple (each kv head is repeated, head_dim kept)",
+                " Grow kv_heads in proportion (whole kv groups are appended), grow"
+                " kv_heads alone to a multiple (each kv head is repeated, head_dim kept), or"
+                " grow heads alone (new query heads join every kv group); one at a time",
                 s.mark,
             ))  # fmt: skip
     return growths, problems
@@ -166,6 +179,9 @@ def register_groups(
         if g.mode == "repeat":
             repeats[kv.id] = (g.new // g.old, g.head_dim)
             continue
+        if g.mode == "query":
+            next_id = _query_heads(node, g, heads, next_id, sizes, units, inside)
+            continue
         proxy = ChannelSpace(next_id, g.new, edges=[f"{path} kv groups"])
         next_id += 1
         sizes[proxy.id] = g.old
@@ -174,12 +190,38 @@ def register_groups(
     return facts, problems
 
 
+def _query_heads(
+    node: Node, g: HeadGrowth, heads: ChannelSpace, next_id: int, sizes: dict[int, int],
+    units: dict[int, tuple[ChannelSpace, int]], inside: dict[str, InsideFill],
+) -> int:  # fmt: skip
+    """New query heads inside every kv group: the family fills the g axis of q_proj's rows
+    and o_proj's columns (a proxy space of g heads per group, the teacher's g.old), while
+    the heads space itself is seen as kv groups, which do not grow. Returns the next id."""
+    kv = node.args["kv_heads"]
+    per_group = ChannelSpace(next_id, g.new, edges=[f"{node.path} query heads per kv group"])
+    groups = ChannelSpace(next_id + 1, kv, edges=[f"{node.path} kv groups"])
+    sizes[per_group.id], sizes[groups.id] = g.old, kv
+    units[heads.id] = (groups, g.new * g.head_dim)
+    fills: tuple[tuple[str, int, Literal["produce", "consume"]], ...] = (
+        ("q_proj", 0, "produce"), ("o_proj", 1, "consume"),
+    )  # fmt: skip
+    for proj, dim, op in fills:
+        for local in ("weight", "bias") if dim == 0 else ("weight",):
+            if f"{proj}.{local}" in node.params:
+                inside[node.key(f"{proj}.{local}")] = InsideFill(
+                    dim, kv, kv, g.old, per_group, op, unit=g.head_dim, query=True
+                )
+    return next_id + 2
+
+
 @dataclass(frozen=True)
 class InsideFill:
     """head_dim growth of one tensor: dimension `dim` is `heads` x `space.size` entries,
     the teacher's `old_heads` x `old` of them at the start of each head; the family fills
     the new entries of each head with `space` as their space, as producers (q, v rows) or
-    consumers (k rows, o columns), and the teacher's entries are multiplied by `scale`."""
+    consumers (k rows, o columns), and the teacher's entries are multiplied by `scale`.
+    Query heads at fixed kv heads use it with kv groups for `heads` and one query head
+    (`unit` = head_dim entries) for each entry of `space`."""
 
     dim: int
     heads: int
@@ -188,18 +230,23 @@ class InsideFill:
     space: ChannelSpace
     op: Literal["produce", "consume"]
     scale: float = 1.0
+    unit: int = 1
+    query: bool = False  # new query heads, not new head_dim entries
 
     def place(self, x: torch.Tensor, teacher: torch.Tensor) -> None:
         """Put the teacher's entries at the start of each of its heads, scaled."""
-        view = x.unflatten(self.dim, (self.heads, self.space.size))
-        t = teacher.unflatten(self.dim, (self.old_heads, self.old))
+        view = x.unflatten(self.dim, (self.heads, self.space.size * self.unit))
+        t = teacher.unflatten(self.dim, (self.old_heads, self.old * self.unit))
         region = [slice(0, n) for n in t.shape]
         view[tuple(region)] = t
         if self.scale != 1.0:
             view[tuple(region)] *= self.scale
 
     def view(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """`x` as (..., heads, head_dim, ...): the family's rule runs on dimension d + 1."""
+        """`x` as (..., heads, head_dim, ...) (or (..., kv groups, g, head_dim, ...)): the
+        family's rule runs on dimension d + 1."""
+        if self.unit > 1:
+            return x.unflatten(self.dim, (self.heads, self.space.size, self.unit)), self.dim + 1
         return x.unflatten(self.dim, (self.heads, self.space.size)), self.dim + 1
 
 

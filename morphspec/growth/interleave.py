@@ -5,7 +5,9 @@ as the identity, whatever its input: its output is exactly zero in eval and trai
 The identity commutes with every block, so the copies may then be reordered without
 changing the function. `--interleave` does that: with T old and N new copies, the old
 copies are split into N runs of ⌊T/N⌋ or ⌈T/N⌉ and a new copy follows each run
-(T = 2 → 4: old 0, new, old 1, new). Tensors are made in the appended layout, as always,
+(T = 2 → 4: old 0, new, old 1, new). With `--new-blocks copy`, each new copy starts from
+the old copy just before it, as LLaMA-Pro does (the first old copy where new ones come
+first). Tensors are made in the appended layout, as always,
 and renamed on the way out; the plan records every move (`interleave_blocks`, with the
 teacher's blocks' new places), and so does the checkpoint's metadata.
 """
@@ -42,7 +44,7 @@ def interleave(plan: Plan) -> Plan:
     recorded (an `InterleaveBlocks` op and `renames`); refuse a repeat whose copies differ
     in their tensors."""
     problems: list[Problem] = []
-    ops, renames = list(plan.ops), dict(plan.renames)
+    ops, renames, copy_from = list(plan.ops), dict(plan.renames), dict(plan.copy_from)
     for op in list(plan.inserts):
         first = _relative(plan, f"{op.repeat}.0")
         if any(_relative(plan, f"{op.repeat}.{i}") != first for i in range(op.new_times)):
@@ -57,8 +59,13 @@ def interleave(plan: Plan) -> Plan:
             for pos, src in enumerate(interleaved_order(op.old_times, op.new_times))
             if src != pos
         )
+        order = interleaved_order(op.old_times, op.new_times)
+        for pos, src in enumerate(order):
+            if src >= op.old_times:
+                before = [i for i in order[:pos] if i < op.old_times]
+                copy_from[f"{op.repeat}.{src}"] = before[-1] if before else 0
         ops.append(InterleaveBlocks(op.repeat, moves))
         renames.update(dict(moves))
     if problems:
         raise PlanRefused(problems)
-    return replace(plan, ops=ops, renames=renames)
+    return replace(plan, ops=ops, renames=renames, copy_from=copy_from)

@@ -173,6 +173,7 @@ BUILTIN_RULES: tuple[KindRule, ...] = tuple(
             mixes_channels=True,
             neutral=_NORM_NEUTRAL,
             fill_lift="zero",
+            offset_arg="offset",
         ),
         _activation(
             "relu",
@@ -238,9 +239,11 @@ BUILTIN_RULES: tuple[KindRule, ...] = tuple(
                 ParamRole("down_proj.weight", 1, "consumer", "hidden"),
                 ParamRole("down_proj.weight", 0, "producer", "out"),
                 ParamRole("down_proj.bias", 0, "producer", "out"),
+                ParamRole("gate.weight", 1, "consumer", "in"),  # the router of a mixture
             ),
             inner={"hidden": ("hidden",)},
-            grows=frozenset({"hidden"}),
+            grows=frozenset({"hidden", "experts", "top_k"}),
+            nested="experts",
         ),
         # heads and kv_heads grow by whole kv groups (or kv heads repeat), head_dim inside every
         # head: growth/groups.py.

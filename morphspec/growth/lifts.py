@@ -99,10 +99,10 @@ def _choose(teacher: Arch, student: Arch, space: ChannelSpace, a: int) -> Lift |
     why = (
         f"keep each eps and grow to a multiple of {a} (duplication, x -> [x, x])"
         if n2 % a
-        else f"keep each eps ({eps:g}) for duplication (x -> [x, x])"
+        else f"keep each eps ({eps!r}) for duplication (x -> [x, x])"
     )
     lift = (
-        f", or set every norm's eps to eps·{a}/{n2} ({eps * a / n2:g} here) for the"
+        f", or set every norm's eps to eps·{a}/{n2} ({eps * a / n2!r} here) for the"
         f" {fill}-fill lift"
         if fill is not None
         else f" (a space with both {' and '.join(sorted(kinds))} has no fill lift)"
@@ -140,6 +140,16 @@ def check_lifts(
         lift = _choose(teacher, student, space, a)
         if isinstance(lift, Problem):
             problems.append(lift)
+            continue
+        offset = next((p for p in space.mixing_norms if student.node(p).args.get("offset")), None)
+        if lift.kind != "duplicate" and offset is not None:
+            problems.append(Problem(
+                f"channel space '{space.label}': the {lift.kind}-fill lift rescales norm gains,"
+                f" and rmsnorm '{offset}' has an offset (its gain is offset + weight), so no"
+                " factor on the weight does that; keep each eps and grow to a multiple"
+                " (duplication)",
+                student.node(offset).mark,
+            ))  # fmt: skip
             continue
         lifts[space.id] = lift
         if lift.kind != "duplicate":

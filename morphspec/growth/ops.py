@@ -8,7 +8,7 @@ from typing import Any
 from morphspec.growth.steps import AddSteps
 
 __all__ = [
-    "AddProjection", "AddSteps", "GrowKernel", "InsertBlocks", "InsertLayers",
+    "AddExperts", "AddProjection", "AddSteps", "GrowKernel", "InsertBlocks", "InsertLayers",
     "InterleaveBlocks", "Op", "PlanRow", "WidenSpace",
 ]  # fmt: skip
 
@@ -77,8 +77,22 @@ class InterleaveBlocks:
     op: str = "interleave_blocks"
 
 
+@dataclass(frozen=True)
+class AddExperts:
+    """An mlp's experts grow from `old` (1: dense, upcycled) to `new`, and its top_k from
+    `old_top_k` to `new_top_k` (growth/experts.py)."""
+
+    layer: str
+    old: int
+    new: int
+    old_top_k: int
+    new_top_k: int
+    op: str = "add_experts"
+
+
 Op = (
     WidenSpace
+    | AddExperts
     | InsertBlocks
     | AddProjection
     | GrowKernel

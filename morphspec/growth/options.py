@@ -114,7 +114,8 @@ class GrowOptions:
         default="fresh",
         metadata=_cli(
             "--new-blocks",
-            "New repeat copies: fresh weights, or copies of the teacher's last copy (LLaMA-Pro).",
+            "New repeat copies: fresh weights, or copies of the teacher's copy before each"
+            " (LLaMA-Pro; its last copy unless --interleave).",
         ),
     )
     interleave: bool = field(

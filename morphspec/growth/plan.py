@@ -17,10 +17,12 @@ from morphspec.arch import resolve
 from morphspec.arch.nodes import Arch, Node
 from morphspec.errors import PlanRefused, Problem
 from morphspec.growth.align import align
+from morphspec.growth.experts import expert_growths
 from morphspec.growth.graph import SpaceGraph, space_graph
 from morphspec.growth.groups import head_growths
 from morphspec.growth.kinds import rule_of
 from morphspec.growth.ops import (
+    AddExperts,
     AddProjection,
     AddSteps,
     GrowKernel,
@@ -37,7 +39,7 @@ from morphspec.spec import load_spec
 from morphspec.spec.load import SetArg
 
 __all__ = [
-    "AddProjection", "AddSteps", "GrowKernel", "InsertBlocks", "InsertLayers",
+    "AddExperts", "AddProjection", "AddSteps", "GrowKernel", "InsertBlocks", "InsertLayers",
     "InterleaveBlocks", "Plan",
     "WidenSpace", "diff", "plan_for",
 ]  # fmt: skip
@@ -61,6 +63,9 @@ class Plan:
     insert_runs: list[tuple[str, ...]] = field(default_factory=list)
     renames: dict[str, str] = field(default_factory=dict)
     """Block paths of the appended layout -> their places (`growth/interleave.py`)."""
+    copy_from: dict[str, int] = field(default_factory=dict)
+    """New blocks (appended layout) -> the teacher copy that will precede each once
+    interleaved, which `--new-blocks copy` copies (LLaMA-Pro); absent: the last copy."""
 
     @property
     def widens(self) -> list[WidenSpace]:
@@ -95,6 +100,16 @@ class Plan:
         last = self.new_blocks[block]
         ref = f"{repeat}.{last}{key[len(block) :]}"
         return ref if ref in self.teacher.state_shapes() else None
+
+    def copy_key(self, key: str) -> str | None:
+        """For a tensor of an appended block: the teacher tensor `--new-blocks copy` starts
+        it from, the block that precedes it (the teacher's last unless interleaved)."""
+        block = self.new_block_of(key)
+        if block is None or block not in self.copy_from:
+            return self.reference_key(key)
+        repeat, _, _ = block.rpartition(".")
+        ref = f"{repeat}.{self.copy_from[block]}{key[len(block) :]}"
+        return ref if ref in self.teacher.state_shapes() else self.reference_key(key)
 
     def student_key(self, key: str) -> str:
         """Where tensor `key` of the appended layout ends up (itself unless interleaved)."""
@@ -252,8 +267,13 @@ def diff(teacher: Arch, student: Arch) -> Plan:
     problems = unruled_dims(teacher, student, graph, teacher_size, set(kernels))
     problems += unfilled_layouts(student, graph, teacher_size)
     problems += head_growths(teacher, student)[1]
+    experts, refused = expert_growths(teacher, student)
+    problems += refused
     if problems:
         raise PlanRefused(problems)
+    for path, g in experts.items():
+        k1, k2 = teacher.node(path).args["top_k"], student.node(path).args["top_k"]
+        ops.append(AddExperts(path, g.old, g.new, k1, k2))
     return Plan(
         teacher, student, ops, graph, teacher_size, new_blocks, projections, kernels, insert_runs
     )

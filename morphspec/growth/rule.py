@@ -111,6 +111,9 @@ class KindRule:
     stepped: bool = False
     """Its parameters repeat per step as `<step>.<param>` (reversible units): each role
     applies to every step's copy (`roles_of`), and `steps` may grow (growth/segments.py)."""
+    nested: str = ""
+    """Its parameters may also sit under `<nested>.<j>.` (an mlp's experts): each takes the
+    roles of its local name, in every copy (growth/experts.py adds and copies the copies)."""
     pads: bool = False
     """Writes its input's channels, then zero channels (channel_pad): its output space is
     derived from its input's, which growth/segments.py follows."""
@@ -134,6 +137,9 @@ class KindRule:
     it can), e.g. a leapfrog step is never the identity, a midpoint step pair is."""
     neutral: Mapping[str, float] = field(default_factory=dict)
     """Values of new channel-wise entries that keep each channel's output unchanged."""
+    offset_arg: str = ""
+    """An arg added to the channel-wise `weight` (Gemma's rmsnorm gain is 1 + w): neutral
+    weights are shifted down by it, and gains cannot be rescaled by a factor."""
     identity: Identity = "none"
     """How a new layer of this kind starts as the identity (Net2DeeperNet, projections)."""
     identity_problem: Callable[[Mapping[str, Any]], str | None] = _no_identity_problem
@@ -142,6 +148,13 @@ class KindRule:
     def roles_of(self, params: Mapping[str, Any]) -> list[ParamRole]:
         """The roles of the parameters a node of this kind actually has (every step's, for
         a stepped kind)."""
+        if self.nested:
+            out = [r for r in self.roles if r.param in params]
+            for name in params:
+                head, j, local = ([*name.split(".", 2), "", ""])[:3]
+                if head == self.nested and j.isdigit():
+                    out += [replace(r, param=name) for r in self.roles if r.param == local]
+            return out
         if not self.stepped:
             return [r for r in self.roles if r.param in params]
         out = []

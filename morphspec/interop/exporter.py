@@ -127,14 +127,25 @@ def hf_config(arch: Arch, family: Family, scratch: Path) -> dict[str, Any]:
 
 def merged_config(arch: Arch, family: Family, src: Path | None, scratch: Path) -> dict[str, Any]:
     """The family's fields for `arch` over the source folder's config.json (token ids and
-    the like survive; a Mistral stays a Mistral)."""
+    the like survive; the folder's model_type stays where it reads to the same spec)."""
     base: dict[str, Any] = {}
     if src is not None:
         base = read_config_json(src / "config.json")
     config = hf_config(arch, family, scratch)
-    if base.get("model_type") in family.model_types:
+    kind = base.get("model_type")
+    if kind in family.model_types and _reads_alike(family, config, kind):
         config = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
     return {**base, **config}
+
+
+def _reads_alike(family: Family, config: dict[str, Any], kind: str) -> bool:
+    """Whether `config` under the folder's model_type is still the same model (a Mistral
+    stays a Mistral; a Llama upcycled to a mixture becomes a Mixtral)."""
+    here = Mark("<exported config>")
+    try:
+        return family.read({**config, "model_type": kind}, here) == family.read(config, here)
+    except MorphError:
+        return False
 
 
 def copy_companions(src: Path | None, staging: Path) -> list[str]:

@@ -49,5 +49,10 @@ def first(arch: Arch, kind: str) -> Node:
 
 
 def fmt(value: float) -> str:
-    """A float as YAML the spec loader reads back to the same value."""
-    return repr(float(value))
+    """A float as YAML the spec loader reads back to the same float (YAML 1.1 wants a dot
+    before an exponent: `1e-05` would be a string, `1.0e-05` is a float)."""
+    text = repr(float(value))
+    mantissa, e, exponent = text.partition("e")
+    if e and "." not in mantissa:
+        text = f"{mantissa}.0e{exponent}"
+    return text

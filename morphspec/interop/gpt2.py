@@ -93,9 +93,10 @@ def spec_yaml(p: Mapping[str, Any]) -> str:
     hidden = "hidden" if p["hidden"] is not None else "4*dim"
     vars_ = f"vocab: {p['vocab']}, dim: {p['dim']}, heads: {p['heads']}, layers: {p['layers']}"
     vars_ += f", max_len: {p['max_len']}" + (f", hidden: {p['hidden']}" if p["hidden"] else "")
+    vars_ += f", eps: {fmt(p['eps'])}"
     act = "gelu" if p["approximate"] == "none" else "{gelu: {approximate: tanh}}"
     head = "tie: transformer.wte" if p["tied"] else "bias: false"
-    eps = fmt(p["eps"])
+    eps = "eps"
     return f"""\
 naming: hf-gpt2
 vars: {{{vars_}}}

@@ -18,9 +18,9 @@ from typing import Any
 from morphspec.arch import Arch, resolve
 from morphspec.checkpoint.output import check_target, folder_inputs, output_file, staging_file
 from morphspec.errors import Mark, MorphError, Problem
-from morphspec.interop.family import Family
+from morphspec.interop.family import Family, refuse
 from morphspec.interop.hfconfig import checked, read_config_json, texts
-from morphspec.interop.registry import BY_MODEL_TYPE, FAMILIES
+from morphspec.interop.registry import BY_MODEL_TYPE, FAMILIES, REFUSED
 from morphspec.spec import load_spec
 
 __all__ = ["ImportResult", "import_hf", "read_config", "spec_text"]
@@ -54,8 +54,11 @@ def read_config(folder: Path) -> tuple[Family, dict[str, Any]]:
     config = read_config_json(path)
     model_type = config.get("model_type")
     family = BY_MODEL_TYPE.get(model_type) if isinstance(model_type, str) else None
+    if isinstance(model_type, str) and model_type in REFUSED:
+        field, why = REFUSED[model_type]
+        raise refuse(where, field, config.get(field), why)
     if family is None:
-        known = ", ".join(t for f in FAMILIES for t in f.model_types if t != "qwen2")
+        known = ", ".join(t for f in FAMILIES for t in f.model_types)
         raise MorphError(
             f"unsupported architecture: model_type {model_type!r}; morph imports {known}", where
         )

@@ -9,8 +9,9 @@ applied on the way to Hugging Face; the way back applies their inverses in rever
 - `transpose`: a 2-D tensor's two dims swap (GPT-2's Conv1D stores `[in, out]`, a linear
   `[out, in]`); it is its own inverse, and a no-op on 1-D tensors (biases).
 
-Patterns hold `{i}` (a layer index) and `{w}` (`weight` or `bias`); both sides of a rule use
-the same placeholders, so a key maps by matching one side and filling in the other.
+Patterns hold `{i}` (a layer index), `{j}` (an expert's index) and `{w}` (`weight` or
+`bias`); both sides of a rule use the same placeholders, so a key maps by matching one
+side and filling in the other.
 `ignore` lists Hugging Face keys that carry no state of the spec (GPT-2's causal-mask
 buffers, a tied head stored twice) and are skipped when a folder is read.
 """
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["Group", "KeyMap", "Op", "Rule"]
 
 Op = Literal["concat", "transpose"]
-_SLOTS = {"i": r"(?P<i>\d+)", "w": r"(?P<w>weight|bias)"}
+_SLOTS = {"i": r"(?P<i>\d+)", "j": r"(?P<j>\d+)", "w": r"(?P<w>weight|bias)"}
 
 
 def _regex(pattern: str) -> re.Pattern[str]:

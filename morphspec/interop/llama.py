@@ -1,10 +1,12 @@
-"""Llama (`LlamaForCausalLM`), and Mistral where it is a Llama: RMSNorm, RoPE, grouped-query
+"""Llama (`LlamaForCausalLM`), Mistral where it is a Llama, and Mixtral (a Mistral with a
+mixture of experts, mixtral.py), whose dense relative it upcycles to: RMSNorm, RoPE, grouped-query
 attention, SwiGLU. Names differ from the spec's only where the spec nests the MLP residual
 (`layers.N.ffn.*`), so every rule is a rename.
 
-Refused, by field: rope scaling of any kind (the spec's RoPE has one base), sliding-window
-attention, activations other than SiLU, and Qwen2, whose q/k/v projections carry biases
-while o_proj has none (the spec's attention has one `bias` switch for all four).
+Refused, by field: rope scaling of any kind (the spec's RoPE has one base), a sliding
+window shorter than `max_position_embeddings` (one at least as long never masks anything),
+and activations other than SiLU (`swish` is transformers' other name for it). Qwen2, which
+is a Llama with q/k/v biases, reuses `read_common`, `spec_yaml` and `config` (qwen2.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from morphspec.arch import Arch
 from morphspec.errors import Mark
+from morphspec.interop import mixtral
 from morphspec.interop.family import Config, Family, first, fmt, refuse
 from morphspec.interop.hfconfig import (
     Field,
@@ -45,6 +48,7 @@ KEYMAP = KeyMap(
             Rule((_L + f"ffn.mlp.{p}_proj.{{w}}",), _L + f"mlp.{p}_proj.{{w}}")
             for p in ("gate", "up", "down")
         ),
+        *mixtral.RULES,
         Rule(("model.norm.weight",), "model.norm.weight"),
         Rule(("lm_head.weight",), "lm_head.weight"),
     ),
@@ -95,26 +99,37 @@ def _rope(config: Config, where: Mark) -> float:
 
 
 def read(raw: Config, where: Mark) -> dict[str, Any]:
-    """The spec parameters of a config, its `FIELDS` checked by type first."""
+    """The spec parameters of a Llama or Mistral config, its `FIELDS` checked by type first."""
     config = parse(raw, FIELDS, where)
-    if config.get("model_type") == "qwen2":
-        raise refuse(
-            where,
-            "model_type",
-            "qwen2",
-            "its q/k/v projections have biases and o_proj"
-            " none; a spec's attention has one bias switch for all four",
-        )
-    act = config["hidden_act"]
-    if act != "silu":
-        raise refuse(where, "hidden_act", act, "morph builds Llama's MLP with silu (SwiGLU)")
-    if config.get("sliding_window") is not None or config.get("use_sliding_window"):
+    check_act(config, where)
+    check_window(config, where)
+    return read_common(config, where)
+
+
+def check_act(config: Config, where: Mark, key: str = "hidden_act") -> None:
+    act = checked(key, config.get(key, "silu"), text, where)
+    if act not in ("silu", "swish"):  # transformers maps swish to nn.SiLU
+        raise refuse(where, key, act, "morph builds this MLP with silu (SwiGLU)")
+
+
+def check_window(config: Config, where: Mark, used: bool = True) -> None:
+    """A sliding window masks nothing when it spans every position; a shorter one does."""
+    window = checked("sliding_window", config.get("sliding_window"), optional(size), where)
+    positions = checked(
+        "max_position_embeddings", config.get("max_position_embeddings", 2048), size, where
+    )
+    if used and window is not None and window < positions:
         raise refuse(
             where,
             "sliding_window",
-            config.get("sliding_window"),
-            "the spec's attention is full causal attention",
+            window,
+            f"a window shorter than max_position_embeddings ({positions}) masks distant"
+            " tokens, and the spec's attention is full causal attention",
         )
+
+def read_common(raw: Config, where: Mark) -> dict[str, Any]:
+    """The sizes and switches every Llama-shaped family shares, `FIELDS` checked by type."""
+    config = parse(raw, FIELDS, where)
     dim, heads = config["hidden_size"], config["num_attention_heads"]
     kv_heads = config["num_key_value_heads"] or heads
     if heads % kv_heads:
@@ -122,36 +137,45 @@ def read(raw: Config, where: Mark) -> dict[str, Any]:
     if config["head_dim"] is None and dim % heads:
         raise refuse(where, "num_attention_heads", heads, f"hidden_size {dim} is not a multiple")
     head_dim = config["head_dim"] or dim // heads
+    experts, top_k = mixtral.read_experts(config, where)
+    moe = experts > 1 or config.get("model_type") == "mixtral"  # Mixtral has no biases
     return {
         "vocab": config["vocab_size"],
         "dim": dim,
         "heads": heads,
         "kv_heads": kv_heads,
-        "head_dim": head_dim if head_dim * heads != dim else None,
+        "head_dim": head_dim,
         "hidden": config["intermediate_size"],
         "layers": config["num_hidden_layers"],
         "max_len": config["max_position_embeddings"],
         "eps": config["rms_norm_eps"],
         "rope_theta": _rope(config, where),
-        "attention_bias": config["attention_bias"],
-        "mlp_bias": config["mlp_bias"],
+        "attention_bias": config["attention_bias"] and not moe,
+        "mlp_bias": config["mlp_bias"] and not moe,
+        "experts": experts,
+        "top_k": top_k,
         "tied": config["tie_word_embeddings"],
+        "qkv_bias": None,
+        "naming": "hf-llama",
     }
 
 
 def spec_yaml(p: Mapping[str, Any]) -> str:
     vars_ = (
         f"vocab: {p['vocab']}, dim: {p['dim']}, heads: {p['heads']}, kv_heads: {p['kv_heads']},"
-        f" hidden: {p['hidden']}, layers: {p['layers']}, max_len: {p['max_len']}"
+        f" head_dim: {p['head_dim']}, hidden: {p['hidden']}, layers: {p['layers']},"
+        f" max_len: {p['max_len']}, eps: {fmt(p['eps'])}, experts: {p.get('experts', 1)},"
+        f" top_k: {p.get('top_k', 1)}"
     )
-    head_dim = "dim // heads"
-    if p["head_dim"] is not None:
-        vars_ += f", head_dim: {p['head_dim']}"
-        head_dim = "head_dim"
-    eps = fmt(p["eps"])
+    eps = "eps"
+    offset = f", offset: {fmt(p['norm_offset'])}" if p.get("norm_offset") else ""  # Gemma
+    scale = ", scale: dim ** 0.5" if p.get("embed_scale") else ""  # Gemma
     head = "tie: model.embed_tokens" if p["tied"] else "bias: false"
+    qkv = ""
+    if p.get("qkv_bias") is not None:
+        qkv = f"\n            qkv_bias: {str(p['qkv_bias']).lower()}"
     return f"""\
-naming: hf-llama
+naming: {p.get("naming", "hf-llama")}
 vars: {{{vars_}}}
 input: {{shape: [{min(p["max_len"], 64)}], dtype: int64}}
 blocks:
@@ -159,37 +183,39 @@ blocks:
     args: {{dim: required, heads: required, kv_heads: required, hidden: required}}
     residual:
       body:
-        - rmsnorm: {{name: input_layernorm, eps: {eps}}}
+        - rmsnorm: {{name: input_layernorm, eps: {eps}{offset}}}
         - attention:
             name: self_attn
             heads: heads
-            head_dim: {head_dim}
+            head_dim: head_dim
             kv_heads: kv_heads
-            bias: {str(p["attention_bias"]).lower()}
+            bias: {str(p["attention_bias"]).lower()}{qkv}
             rope: true
             rope_theta: {fmt(p["rope_theta"])}
       post:
         residual:
           name: ffn
           body:
-            - rmsnorm: {{name: post_attention_layernorm, eps: {eps}}}
+            - rmsnorm: {{name: post_attention_layernorm, eps: {eps}{offset}}}
             - mlp:
                 name: mlp
                 hidden: hidden
-                act: silu
+                act: {p.get("act", "silu")}
                 gated: true
                 bias: {str(p["mlp_bias"]).lower()}
+                experts: experts
+                top_k: top_k
 body:
   - sequential:
       name: model
       body:
-        - embedding: {{name: embed_tokens, vocab: vocab, dim: dim}}
+        - embedding: {{name: embed_tokens, vocab: vocab, dim: dim{scale}}}
         - repeat:
             name: layers
             times: layers
             block: decoder_layer
             args: {{dim: dim, heads: heads, kv_heads: kv_heads, hidden: hidden}}
-        - rmsnorm: {{name: norm, eps: {eps}}}
+        - rmsnorm: {{name: norm, eps: {eps}{offset}}}
   - linear: {{name: lm_head, out: vocab, {head}}}
 """
 
@@ -198,6 +224,7 @@ def config(arch: Arch) -> dict[str, Any]:
     emb, attn, mlp = first(arch, "embedding"), first(arch, "attention"), first(arch, "mlp")
     max_len = arch.spec.vars.get("max_len", 2048)
     theta = attn.args["rope_theta"]
+    moe = mlp.args["experts"] > 1
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -216,7 +243,7 @@ def config(arch: Arch) -> dict[str, Any]:
         "attention_bias": attn.args["bias"],
         "mlp_bias": mlp.args["bias"],
         "tie_word_embeddings": bool(first(arch, "linear").args.get("tie")),
-    }
+    } | (mixtral.config_fields(mlp.args["experts"], mlp.args["top_k"]) if moe else {})
 
 
-LLAMA = Family("hf-llama", ("llama", "mistral", "qwen2"), KEYMAP, read, spec_yaml, config)
+LLAMA = Family("hf-llama", ("llama", "mistral", "mixtral"), KEYMAP, read, spec_yaml, config)

@@ -53,7 +53,7 @@ Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "i
 """What an `mlp`'s or a reversible unit's `act` may name (builder/layers.py builds them)."""
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 # Checkpoint namings: the declared key converters of morphspec.interop (kept in sync by a test).
-Naming = Literal["morphspec", "hf-gpt2", "hf-llama"]
+Naming = Literal["morphspec", "hf-gpt2", "hf-llama", "hf-qwen2", "hf-gemma", "hf-phi3"]
 
 
 class LayerArgs(BaseModel):
@@ -105,6 +105,9 @@ class LayerNorm(LayerArgs):
 class RMSNorm(LayerArgs):
     op: Literal["rmsnorm"]
     eps: Num = 1e-5
+    offset: Num = Field(
+        0, description="the gain is offset + weight (Gemma: 1, its weights start at 0)"
+    )
 
 
 class Act(LayerArgs):
@@ -148,6 +151,11 @@ class Embedding(LayerArgs):
     op: Literal["embedding"]
     vocab: Num
     dim: Num
+    scale: Num = Field(
+        1,
+        description="the output is multiplied by it, rounded to float32 and then to the"
+        " weight's dtype as Gemma does (Gemma: 'dim ** 0.5')",
+    )
 
 
 class PositionEmbedding(LayerArgs):
@@ -162,6 +170,11 @@ class Attention(LayerArgs):
     kv_heads: Num | None = Field(None, description="defaults to heads")
     causal: bool = True
     bias: bool = True
+    qkv_bias: bool | None = Field(
+        None,
+        description="biases of q_proj, k_proj and v_proj apart from o_proj's (Qwen2: true with"
+        " bias false); defaults to bias",
+    )
     rope: bool = False
     rope_theta: Num = Field(10000, description="the rotary base (Llama's rope_theta)")
 
@@ -174,6 +187,14 @@ class Mlp(LayerArgs):
     )
     gated: bool = False
     bias: bool = True
+    experts: Num = Field(
+        1,
+        description="experts of a mixture (Mixtral: a router `gate` and `experts.<j>`, each"
+        " this MLP); 1 is the dense MLP",
+    )
+    top_k: Num = Field(
+        1, description="experts each token goes to; their router weights renormalised to sum 1"
+    )
 
     @field_validator("act")
     @classmethod

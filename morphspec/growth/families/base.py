@@ -27,6 +27,7 @@ from morphspec.arch.nodes import Node
 from morphspec.errors import PlanRefused, Problem
 from morphspec.growth import segments
 from morphspec.growth.catalog import CATALOG, Conditions, FamilyInfo
+from morphspec.growth.experts import finish_router, register_experts
 from morphspec.growth.families.facts import Facts, channel_view, rule_or_fail
 from morphspec.growth.families.newlayers import NewLayers
 from morphspec.growth.graph import ChannelSpace, Role
@@ -110,6 +111,8 @@ class Family(NewLayers):
         grouped, problems = register_groups(plan.teacher, plan.student, plan.graph)
         facts.sizes.update(grouped.sizes)
         facts.units, facts.repeats, facts.inside = grouped.units, grouped.repeats, grouped.inside
+        expert_sources: dict[str, str] = {}  # new experts' tensors -> the ones they copy
+        problems += register_experts(plan.teacher, plan.student, expert_sources, facts.routers)
         lifted, found = check_lifts(plan.teacher, plan.student, plan.graph, facts.sizes, self.exact)
         facts.lifts, facts.scaled = lifted.lifts, lifted.scaled
         problems += found
@@ -153,6 +156,7 @@ class Family(NewLayers):
                 plan.student.spec.mark(("body",)),
             ))  # fmt: skip
         placed, found = segments.check(self, facts)
+        placed.sources.update(expert_sources)
         facts.segments = placed
         facts.zero_keys |= placed.zero_keys
         return problems + found
@@ -231,7 +235,10 @@ class Family(NewLayers):
             teacher = self.rescaler.teacher(key, teacher)
         is_channel = any(r.kind == "channel" for r, _ in roles)
         if is_channel:
-            neutral = _rule(self.plan.student.node(node_path)).neutral.get(local, 0.0)
+            node = self.plan.student.node(node_path)
+            neutral = _rule(node).neutral.get(local, 0.0)
+            if local == "weight" and _rule(node).offset_arg:
+                neutral -= node.args.get(_rule(node).offset_arg, 0)
             x = torch.full(shape, neutral, dtype=torch.float64).to(dtype)
         else:
             existing = reference_std
@@ -293,6 +300,8 @@ class Family(NewLayers):
         if key in self.facts.scaled:
             x.div_(self.facts.scaled[key])
         segments.finish(self, key, x, roles)
+        if key in self.facts.routers:
+            finish_router(x, self.facts.routers[key])
         return x
 
     def source_key(self, key: str) -> str:

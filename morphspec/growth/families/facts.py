@@ -43,6 +43,9 @@ class Facts:
     """Norm tensors divided by a factor: fills' gains, the norm before a tied head."""
     inside: dict[str, InsideFill] = field(default_factory=dict)
     """Attention tensors whose head_dim grows: entries appended inside every head."""
+    routers: dict[str, int] = field(default_factory=dict)
+    """Routers of mixtures whose experts grow: the teacher's expert count, 0 when new
+    (growth/experts.py)."""
 
     def widened(self, space: ChannelSpace) -> bool:
         return space.size > self.sizes[space.id]

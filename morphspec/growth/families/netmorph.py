@@ -32,6 +32,15 @@ class NetMorph(Family):
         problems = super().check(facts)
         if self.options.netmorph_zero != "in":
             return problems
+        for key, fill in facts.inside.items():
+            if fill.query and fill.op == "consume" and facts.widened(fill.space):
+                node = self.plan.student.node(key.rsplit(".", 2)[0])
+                problems.append(Problem(
+                    f"--netmorph-zero in: attention '{node.path}' gains query heads in its"
+                    " kv groups, and a zero query attends uniformly over the group's values,"
+                    " which are not zero, so o_proj would read them; use --netmorph-zero out",
+                    node.mark,
+                ))  # fmt: skip
         for space in self.plan.graph.spaces:
             if not facts.widened(space):
                 continue

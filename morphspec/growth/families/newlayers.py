@@ -119,7 +119,12 @@ class NewLayers:
                 f" a layer that writes the stream there ({able}), or a batchnorm after one",
                 node.mark,
             )]  # fmt: skip
-        return problems + self.zero_output(node, terminal, terminal.key(matrix), facts)
+        # a mixture's experts each write the stream: every expert's matrix outputs zero
+        nested = _rule(terminal).nested
+        copies = [p for p in terminal.params if p.startswith(f"{nested}.") and p.endswith(matrix)]
+        for param in copies if nested and copies else [matrix]:
+            problems += self.zero_output(node, terminal, terminal.key(param), facts)
+        return problems
 
     def zero_output(self, block: Node, terminal: Node, weight: str, facts: Facts) -> list[Problem]:
         """Make `terminal` (whose matrix is `weight`), the last layer of new residual

@@ -22,7 +22,7 @@ from morphspec.interop.llama import LLAMA
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
-PARAMS = {"vocab": 40, "dim": 32, "heads": 4, "kv_heads": 2, "head_dim": None, "hidden": 48,
+PARAMS = {"vocab": 40, "dim": 32, "heads": 4, "kv_heads": 2, "head_dim": 8, "hidden": 48,
           "layers": 2, "max_len": 16, "eps": 1e-5, "rope_theta": 10000.0,
           "attention_bias": False, "mlp_bias": False, "tied": False}  # fmt: skip
 

@@ -127,6 +127,7 @@ def check_window(config: Config, where: Mark, used: bool = True) -> None:
             " tokens, and the spec's attention is full causal attention",
         )
 
+
 def read_common(raw: Config, where: Mark) -> dict[str, Any]:
     """The sizes and switches every Llama-shaped family shares, `FIELDS` checked by type."""
     config = parse(raw, FIELDS, where)

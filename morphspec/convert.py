@@ -47,7 +47,7 @@ from morphspec.interop.exporter import DEFAULT_SHARD_BYTES
 from morphspec.interop.folder import open_checkpoint
 from morphspec.interop.hf_output import HF_FILES, HFTarget, hf_target, write_hf_folder
 from morphspec.spec.load import SetArg
-from morphspec.verify import Verification, verify_checkpoints
+from morphspec.verify import Verification, check_samples, verify_checkpoints
 
 __all__ = ["ConvertResult", "convert", "default_output", "plan_for"]
 
@@ -207,9 +207,11 @@ def convert(
             sha = sha_future.result()
             result = None
             if verify:
+                n = samples or check_samples(teacher, student, total, len(grower.modes))
                 result = verify_checkpoints(
-                    teacher, checkpoint, student, staging, samples, seed, rtol, grower.modes
-                )
+                    teacher, checkpoint, student, staging, n, seed, rtol, grower.modes,
+                    teacher_finite=True,
+                )  # fmt: skip
                 if not result.passed and grower.exact and not grower.rescaler.inexact:
                     raise NotPreservingError(
                         f"the student does not reproduce the teacher: rel_err {result.rel_err:.3g}"

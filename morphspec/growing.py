@@ -22,6 +22,7 @@ from torch import nn
 from morphspec.arch import Arch, resolve
 from morphspec.checkpoint import check_keys
 from morphspec.checkpoint.finite import check_finite_tensors
+from morphspec.defaults import DEFAULT_SAMPLES
 from morphspec.errors import Mark, MorphError, NotPreservingError, closest
 from morphspec.growth.apply import StateSource, TensorSource, student_entries
 from morphspec.growth.families import FAMILIES, Family, make_family
@@ -121,7 +122,7 @@ def grow(
     state = dict(module.state_dict() if module is not None else teacher)  # type: ignore[arg-type]
     source = StateSource(state)
     opts = dataclasses.replace(options or GrowOptions(), **option_values)
-    seed, rtol, samples = opts.seed, opts.rtol, opts.samples
+    seed, rtol, samples = opts.seed, opts.rtol, opts.samples or DEFAULT_SAMPLES
     t_arch = _arch(teacher_spec, teacher_set)
     plan = diff(t_arch, _arch(student_spec, student_set))
     grower = prepare(plan, source, opts, _label(teacher_spec, t_arch))

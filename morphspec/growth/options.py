@@ -118,9 +118,15 @@ class GrowOptions:
         default=DEFAULT_RTOL,
         metadata=_cli("--rtol", "Pass when max|s-t| / max|t| is at most this.", min=0.0),
     )
-    samples: int = field(
-        default=DEFAULT_SAMPLES,
-        metadata=_cli("--samples", "Inputs to compare on.", min=1, max=100_000),
+    samples: int | None = field(
+        default=None,
+        metadata=_cli(
+            "--samples",
+            f"Inputs to compare on [default: convert, as many as cost about a third of the"
+            f" conversion, 2 to {DEFAULT_SAMPLES}; grow, {DEFAULT_SAMPLES}].",
+            min=1,
+            max=100_000,
+        ),
     )
 
 

@@ -66,7 +66,7 @@ def main() -> None:
     teacher = work / "teacher_hf"
     if not (teacher / "model.safetensors").exists():
         make_folder(teacher)
-    subprocess.run([*morph, "import-hf", str(teacher), "-o", str(work / "teacher.yaml")],
+    subprocess.run([*morph, "import-hf", str(teacher), "-o", str(work / "teacher.yaml"), "--force"],
                    check=True, stdout=subprocess.DEVNULL, cwd=work)  # fmt: skip
     (work / "student.yaml").write_text(
         "morphspec: 1\nname: deep\nextends: teacher.yaml\nvars: {layers: 16}\n"

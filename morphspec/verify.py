@@ -141,13 +141,16 @@ def _max_errors(t: torch.Tensor, s: torch.Tensor) -> tuple[float, float]:
 
 def check_samples(teacher: Arch, student: Arch, student_bytes: int, modes: int) -> int:
     """How many inputs the conversion's own check feeds: as many as `CHECK_FLOPS_PER_BYTE`
-    allows, at least 2 (train-mode batchnorm needs a batch), at most DEFAULT_SAMPLES. A
-    growth that is not exact shows on almost any input, so a few suffice to catch a wrong
-    rule; `--samples` or `morph verify` (32 by default) check on more."""
+    allows, at most DEFAULT_SAMPLES, at least 2 where a batchnorm is checked in train mode
+    (it needs a batch) and 1 elsewhere. A growth that is not exact shows on almost any
+    input (a language model's one sample is a sequence of tokens), so a few suffice to
+    catch a wrong rule; `--samples` or `morph verify` (32 by default) check on more."""
     per_sample = (teacher.flops() + student.flops()) * max(1, modes)
     if per_sample <= 0:
         return DEFAULT_SAMPLES
-    return max(2, min(DEFAULT_SAMPLES, CHECK_FLOPS_PER_BYTE * student_bytes // per_sample))
+    batch = modes > 1 and any(n.kind == "batchnorm" for a in (teacher, student) for n in a.nodes())
+    least = 2 if batch else 1
+    return max(least, min(DEFAULT_SAMPLES, CHECK_FLOPS_PER_BYTE * student_bytes // per_sample))
 
 
 def verify_checkpoints(

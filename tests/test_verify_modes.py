@@ -15,7 +15,7 @@ import morphspec
 from morphspec import verify
 from morphspec.convert import convert
 from morphspec.modes import batch_norms, both_modes, mode_free
-from morphspec.verify import run_mode, verify_modes
+from morphspec.verify import check_samples, run_mode, verify_modes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,3 +123,32 @@ def test_a_language_model_runs_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     ev, tr = verify_modes(arch, ckpt, arch, ckpt, samples=2)
     assert len(runs) == 1 and (ev.mode, tr.mode) == ("eval", "train")
     assert ev.rel_err == tr.rel_err == 0.0
+
+
+def test_check_samples_follow_the_cost(tmp_path: Path) -> None:
+    """Small models get 32 samples; the 1 GB conv benchmark 2 (it has batch norms); the
+    0.5 GB Llama 64 tokens (one sample of 64 from `import-hf`, two of llama_mini's 32): the
+    check stays a fraction of the conversion."""
+    import math
+    import sys
+
+    def arch(spec: Path, sets: list[str] | None = None) -> morphspec.Arch:
+        return morphspec.resolve(morphspec.load_spec(spec, sets))
+
+    def nbytes(a: morphspec.Arch) -> int:
+        return sum(math.prod(s) for s in a.state_shapes().values()) * 4
+
+    specs = ROOT / "examples" / "specs"
+    t, s = arch(specs / "mlp.yaml"), arch(specs / "mlp_wide.yaml")
+    assert check_samples(t, s, nbytes(s), 2) == 32
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import convert_throughput as ct
+
+    t_path, s_path = ct.write_specs(tmp_path, 1e9)
+    t, s = arch(t_path), arch(s_path)
+    assert check_samples(t, s, nbytes(s) * 2 // 3, 2) == 2
+    llama = ["vocab=32000", "dim=768", "heads=12", "kv_heads=12", "hidden=3072"]
+    t = arch(specs / "llama_mini.yaml", [*llama, "layers=8"])
+    s = arch(specs / "llama_mini.yaml", [*llama, "layers=16"])
+    assert check_samples(t, s, nbytes(s), 2) == 2  # sequences of 32 tokens here
+    assert check_samples(t, s, nbytes(s) // 3, 2) == 1  # no batchnorm: 1 is allowed

@@ -123,7 +123,7 @@ class GrowOptions:
         metadata=_cli(
             "--samples",
             f"Inputs to compare on [default: convert, as many as cost about a third of the"
-            f" conversion, 2 to {DEFAULT_SAMPLES}; grow, {DEFAULT_SAMPLES}].",
+            f" conversion, 1 to {DEFAULT_SAMPLES}; grow, {DEFAULT_SAMPLES}].",
             min=1,
             max=100_000,
         ),

@@ -194,8 +194,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--before", type=Path,
-        help="another source tree (e.g. a checkout of main) whose conversions are interleaved"
-        " with these (python -m morphspec, PYTHONPATH=TREE), for a before/after comparison",
+        help="another checkout (e.g. of main) with its own install (TREE/.venv, the README's"
+        " command), whose conversions are interleaved with these, for a before/after table",
     )  # fmt: skip
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="morph-bench-"))
@@ -213,8 +213,8 @@ def main() -> None:
         load = os.getloadavg()
         base = run_convert([*cmd, "--dry-run"])
         runs, cps, old_runs, old_checked = [], [], [], []
-        old_cmd = [sys.executable, "-m", "morphspec", *cmd[1:]]
-        old_env = {**os.environ, "PYTHONPATH": str(args.before.resolve())} if args.before else None
+        old_cmd = [str(args.before / ".venv" / "bin" / "morph"), *cmd[1:]] if args.before else []
+        old_env = dict(os.environ) if args.before else None
         t_cp_new = 0.0
         for i in range(max(1, args.repeat)):  # interleaved, so both see the same load
             if old_env is not None:

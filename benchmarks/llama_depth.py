@@ -7,8 +7,8 @@ imports it (`morph import-hf`) and grows it to 16 layers, in turns (so all see t
 load): `morph convert --to-hf` with `--no-verify`, the same with its check, and, when
 `--mergekit` names a `mergekit-yaml` (installed elsewhere: it is no dependency of this
 project), mergekit's passthrough stacking of layers [0, 8) twice, which does the same depth
-change unchecked. `--before TREE` adds the same two morph runs from another source tree
-(`python -m morphspec` with PYTHONPATH=TREE), for a before/after comparison in one run.
+change unchecked. `--before TREE` adds the same two morph runs from another checkout with
+its own install (TREE/.venv/bin/morph), for a before/after comparison in one run.
 Prints medians of wall time, CPU time and peak RssAnon (sampled from /proc every 20 ms)
 beside the heap goal (2 x the largest tensor + 300 MB). It is a measurement: exits 0.
 """
@@ -79,11 +79,9 @@ def main() -> None:
     }
     env: dict[str, dict[str, str]] = {}
     if args.before is not None:
-        old = [sys.executable, "-m", "morphspec", "convert", *tail]
+        old = [str(args.before / ".venv" / "bin" / "morph"), "convert", *tail]
         cases["before: morph --no-verify"] = [*old, "out_old_fast", "--no-verify", "--force"]
         cases["before: morph, checked"] = [*old, "out_old_checked", "--force"]
-        for name in ("before: morph --no-verify", "before: morph, checked"):
-            env[name] = {**os.environ, "PYTHONPATH": str(args.before.resolve())}
     if args.mergekit:
         cases["mergekit passthrough"] = [args.mergekit, "mk.yml", "out_mk", "--no-copy-tokenizer"]
         env["mergekit passthrough"] = {**os.environ, "HF_HUB_OFFLINE": "1"}

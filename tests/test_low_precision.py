@@ -10,11 +10,13 @@ rounded once, as before). Every tensor of every example pair, family and option 
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from growth_helpers import read_tensors
 
 from morphspec.checkpoint import CheckpointReader
 from morphspec.errors import PlanRefused
@@ -150,3 +152,39 @@ def test_float16_conversion_heap_within_goal(tmp_path: Path) -> None:
     goal = 2 * largest + ct.HEAP_SLACK
     assert run.samples >= 5, run.samples
     assert run.peak["RssAnon"] <= goal, (run.peak["RssAnon"] / 1e6, goal / 1e6)
+
+
+THREADS = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[5]))
+from morphspec.convert import convert
+convert(*sys.argv[1:5], verify=False, force=True)
+"""
+
+
+@pytest.mark.slow
+def test_bytes_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
+    """The same conversion (float32 convs, float16 linears, 30 MB) with 1 and 2 torch
+    threads writes the same tensors: spreads and draws must not follow the BLAS split."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import convert_throughput as ct
+
+    spec_t, spec_s = ct.write_specs(tmp_path, 0.03e9)
+    ckpt = tmp_path / "teacher.safetensors"
+    ct.make_teacher(spec_t, ckpt)
+    outs = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"s{threads}.safetensors"
+        run = subprocess.run(
+            [sys.executable, "-c", THREADS, str(spec_t), str(spec_s), str(ckpt), str(out),
+             threads],
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        outs.append(read_tensors(out))
+    assert outs[0].keys() == outs[1].keys()
+    assert any(t.dtype == torch.float16 for t in outs[0].values())
+    for key, t in outs[0].items():
+        assert torch.equal(t.view(-1).view(torch.uint8), outs[1][key].view(-1).view(torch.uint8)), (
+            key
+        )

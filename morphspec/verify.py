@@ -25,11 +25,11 @@ from morphspec.errors import MorphError
 from morphspec.modes import batch_norms, both_modes, mode_free
 
 MAX_INPUT_BYTES = 2 << 30  # seeded inputs: far more samples than a check needs
-CHECK_FLOPS_PER_BYTE = 100
+CHECK_FLOPS_PER_BYTE = 50
 """The conversion's own check may spend this many forward FLOPs (teacher and student, every
 mode) per byte of student it wrote: on a 2-core x86 machine float32 forwards run at about
-45 GFLOP/s per core and the conversion at 100 to 200 MB/s of CPU, so this is a third of
-the conversion or less."""
+45 GFLOP/s per core and the conversion at 100 to 200 MB/s of CPU, so the forwards take a
+fifth of the conversion or less (reading both checkpoints again costs about as much)."""
 _CHUNK = 1 << 20  # outputs compared in float64 this many elements at a time
 
 __all__ = [
@@ -141,14 +141,18 @@ def _max_errors(t: torch.Tensor, s: torch.Tensor) -> tuple[float, float]:
 
 def check_samples(teacher: Arch, student: Arch, student_bytes: int, modes: int) -> int:
     """How many inputs the conversion's own check feeds: as many as `CHECK_FLOPS_PER_BYTE`
-    allows, at most DEFAULT_SAMPLES, at least 2 where a batchnorm is checked in train mode
-    (it needs a batch) and 1 elsewhere. A growth that is not exact shows on almost any
+    allows, at most DEFAULT_SAMPLES, at least 2 where a 1-D batchnorm is checked in train
+    mode (it needs a batch) and 1 elsewhere. A growth that is not exact shows on almost any
     input (a language model's one sample is a sequence of tokens), so a few suffice to
     catch a wrong rule; `--samples` or `morph verify` (32 by default) check on more."""
     per_sample = (teacher.flops() + student.flops()) * max(1, modes)
     if per_sample <= 0:
         return DEFAULT_SAMPLES
-    batch = modes > 1 and any(n.kind == "batchnorm" for a in (teacher, student) for n in a.nodes())
+    batch = modes > 1 and any(
+        n.kind == "batchnorm" and n.inp.layout != "image"
+        for a in (teacher, student)
+        for n in a.nodes()
+    )  # a 1-D batchnorm needs 2 samples in train mode; a 2-D one has H x W positions each
     least = 2 if batch else 1
     return max(least, min(DEFAULT_SAMPLES, CHECK_FLOPS_PER_BYTE * student_bytes // per_sample))
 

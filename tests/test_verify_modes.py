@@ -36,6 +36,17 @@ body:
 """
 
 
+SPEC_1D = """
+morphspec: 1
+name: bn1d
+input: {shape: [4]}
+body:
+  - linear: {name: fc, out: 4096}
+  - batchnorm: {name: bn}
+  - linear: {name: head, out: 3}
+"""
+
+
 def _teacher(tmp: Path) -> tuple[Path, Path, Path]:
     spec = write_spec(tmp / "t.yaml", SPEC)
     student = write_spec(tmp / "s.yaml", SPEC.replace("width: 6", "width: 9"))
@@ -126,9 +137,9 @@ def test_a_language_model_runs_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_check_samples_follow_the_cost(tmp_path: Path) -> None:
-    """Small models get 32 samples; the 1 GB conv benchmark 2 (it has batch norms); the
-    0.5 GB Llama 64 tokens (one sample of 64 from `import-hf`, two of llama_mini's 32): the
-    check stays a fraction of the conversion."""
+    """Small models get 32 samples; the 1 GB conv benchmark and the 0.5 GB Llama 1 (an image
+    whose 2-D batch norms see 64 positions; a token sequence): the check stays a fraction of
+    the conversion. A 1-D batchnorm checked in train mode gets 2."""
     import math
     import sys
 
@@ -146,9 +157,12 @@ def test_check_samples_follow_the_cost(tmp_path: Path) -> None:
 
     t_path, s_path = ct.write_specs(tmp_path, 1e9)
     t, s = arch(t_path), arch(s_path)
-    assert check_samples(t, s, nbytes(s) * 2 // 3, 2) == 2
+    assert check_samples(t, s, nbytes(s) * 2 // 3, 2) == 1  # its batch norms are 2-D
+    assert check_samples(t, s, 100 * nbytes(s), 2) == 32
     llama = ["vocab=32000", "dim=768", "heads=12", "kv_heads=12", "hidden=3072"]
     t = arch(specs / "llama_mini.yaml", [*llama, "layers=8"])
     s = arch(specs / "llama_mini.yaml", [*llama, "layers=16"])
-    assert check_samples(t, s, nbytes(s), 2) == 2  # sequences of 32 tokens here
-    assert check_samples(t, s, nbytes(s) // 3, 2) == 1  # no batchnorm: 1 is allowed
+    assert check_samples(t, s, nbytes(s), 2) == 1  # one sequence of 32 tokens here
+    mlp = SPEC_1D
+    t = arch(write_spec(tmp_path / "m.yaml", mlp))
+    assert check_samples(t, t, 1, 2) == 2  # a 1-D batchnorm needs a batch in train mode

@@ -135,7 +135,7 @@ def _max_errors(t: torch.Tensor, s: torch.Tensor) -> tuple[float, float]:
     for i in range(0, t.numel(), _CHUNK):
         a, b = t[i : i + _CHUNK].double(), s[i : i + _CHUNK].double()
         scales.append(a.abs().max())
-        errs.append(b.sub_(a).abs_().max())
+        errs.append((b - a).abs_().max())  # not in place: .double() of float64 is no copy
     return float(torch.stack(errs).max()), float(torch.stack(scales).max())
 
 

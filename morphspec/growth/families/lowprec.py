@@ -13,15 +13,32 @@ divided by a factor, a reversible unit's biases) still runs on a float64 copy.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import ClassVar, Protocol
 
 import torch
 
+from morphspec.growth.families.facts import Facts
 from morphspec.growth.init import wide_draws
 from morphspec.growth.kinds import rule_of
+from morphspec.growth.options import GrowOptions
+from morphspec.growth.plan import Plan
+from morphspec.growth.rescale import Rescaler
 
-if TYPE_CHECKING:
-    from morphspec.growth.families.base import Family
+
+class Family(Protocol):
+    """What this module reads of a growth family (families/base.py imports this module)."""
+
+    facts: Facts
+    options: GrowOptions
+    plan: Plan
+    rescaler: Rescaler
+    rules_copy: ClassVar[bool]
+
+    def _tensor(
+        self, key: str, teacher: torch.Tensor | None, reference_std: float | None,
+        dtype: torch.dtype,
+    ) -> torch.Tensor: ...  # fmt: skip
+
 
 __all__ = ["LOW_PRECISION", "copies_only", "fill_low_precision"]
 

@@ -161,12 +161,12 @@ class Run:
     samples: int
 
 
-def run_convert(cmd: list[str]) -> Run:
+def run_convert(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Run:
     """One conversion as a subprocess, after flushing dirty pages so it pays only its own."""
     os.sync()
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=cwd, env=env)
         sampler = MemSampler(proc.pid)
         sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -192,6 +192,11 @@ def main() -> None:
     parser.add_argument(
         "--verify-repeat", type=int, default=1, help="runs of convert with its check (0: none)"
     )
+    parser.add_argument(
+        "--before", type=Path,
+        help="another checkout (e.g. of main) with its own install (TREE/.venv, the README's"
+        " command), whose conversions are interleaved with these, for a before/after table",
+    )  # fmt: skip
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="morph-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -207,16 +212,24 @@ def main() -> None:
         cmd += ["-o", str(out), "--force"]
         load = os.getloadavg()
         base = run_convert([*cmd, "--dry-run"])
-        runs, cps = [], []
+        runs, cps, old_runs, old_checked = [], [], [], []
+        old_cmd = [str(args.before / ".venv" / "bin" / "morph"), *cmd[1:]] if args.before else []
+        old_env = dict(os.environ) if args.before else None
         t_cp_new = 0.0
         for i in range(max(1, args.repeat)):  # interleaved, so both see the same load
+            if old_env is not None:
+                old_runs.append(run_convert([*old_cmd, "--no-verify"], env=old_env))
             runs.append(run_convert([*cmd, "--no-verify"]))
             os.sync()
             if i == 0:
                 t_cp_new = timed(["cp", str(out), str(copy)])  # a fresh file, as convert writes
             cps.append(timed(["cp", str(out), str(copy)]))
         copy.unlink()
-        checked = [run_convert(cmd) for _ in range(args.verify_repeat)]
+        checked = []
+        for _ in range(args.verify_repeat):
+            if old_env is not None:
+                old_checked.append(run_convert(old_cmd, env=old_env))
+            checked.append(run_convert(cmd))
         load_end = os.getloadavg()
         with CheckpointReader(out) as reader:
             largest = max(reader.nbytes(k) for k in reader)
@@ -265,6 +278,23 @@ def main() -> None:
             ("  its CPU time; peak RssAnon", f"{r.cpu:.1f} s; {r.peak['RssAnon'] / MB:,.0f} MB"),
             ("  verification cost on top of --no-verify", f"{r.wall / best.wall - 1:+.0%}"),
         ]
+    if old_runs:
+        old_wall = statistics.median(r.wall for r in old_runs)
+        old_heap = max(r.peak["RssAnon"] for r in old_runs)
+        rows += [
+            ("BEFORE: morph convert --no-verify", f"{old_wall:.2f} s"),
+            ("  all runs", ", ".join(f"{r.wall:.2f}" for r in old_runs)),
+            ("  its CPU time", f"{statistics.median(r.cpu for r in old_runs):.2f} s"),
+            ("  (convert - import) / cp", f"{(old_wall - t_import) / t_cp:.2f}x"),
+            ("  peak RssAnon; of the heap goal",
+             f"{old_heap / MB:,.0f} MB; {old_heap / (2 * largest + HEAP_SLACK):.2f}"),
+        ]  # fmt: skip
+        for r in old_checked:
+            rows += [
+                ("BEFORE: with its check", f"{r.wall:.2f} s"),
+                ("  its CPU time; peak RssAnon", f"{r.cpu:.1f} s; {r.peak['RssAnon'] / MB:,.0f}"),
+                ("  verification cost on top of --no-verify", f"{r.wall / old_wall - 1:+.0%}"),
+            ]
     for name, value in rows:
         print(f"  {name:<46}{value:>12}")
     heap_x = peak_anon / heap_budget

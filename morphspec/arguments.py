@@ -104,6 +104,11 @@ def check_options(options: GrowOptions) -> None:
     for f in option_fields():
         value, kind, info = flat[f.name], hints[f.name], infos[f.name]
         choices = get_args(kind)
+        if type(None) in choices:  # an optional option: None (automatic) or its type
+            if value is None:
+                continue
+            kind = next(c for c in choices if c is not type(None))
+            choices = get_args(kind)
         if choices:
             if value not in choices:
                 hint = closest(str(value), [str(c) for c in choices])

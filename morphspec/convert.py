@@ -56,7 +56,7 @@ from morphspec.interop.exporter import DEFAULT_SHARD_BYTES
 from morphspec.interop.folder import open_checkpoint
 from morphspec.interop.hf_output import HFTarget, hf_target, write_hf_folder
 from morphspec.spec.load import SetArg
-from morphspec.verify import Verification, verify_checkpoints
+from morphspec.verify import Verification, check_samples, verify_checkpoints
 
 __all__ = ["ConvertResult", "convert", "default_output", "plan_for"]
 
@@ -259,7 +259,7 @@ def convert(
                 result = None
                 if ranks is None or ranks.leader:
                     result = _verified(verify, teacher, checkpoint, student, staging, opts, grower,
-                                       student_spec)  # fmt: skip
+                                       student_spec, total)  # fmt: skip
                 if ranks is not None:
                     if ranks.leader:
                         commit_folder(staging, out)
@@ -282,15 +282,18 @@ def _verified(
     opts: GrowOptions,
     grower: Family,
     student_spec: str | Path,
+    total: int,
 ) -> Verification | None:
-    """The staged student checked against the teacher; NotPreservingError when an exact
-    family misses rtol."""
+    """The staged student (`total` bytes) checked against the teacher (its finiteness
+    already checked); NotPreservingError when an exact family misses rtol."""
     if not verify:
         return None
     rtol = opts.rtol
+    n = opts.samples or check_samples(teacher, student, total, len(grower.modes))
     result = verify_checkpoints(
-        teacher, checkpoint, student, staging, opts.samples, opts.seed, rtol, grower.modes
-    )
+        teacher, checkpoint, student, staging, n, opts.seed, rtol, grower.modes,
+        teacher_finite=True,
+    )  # fmt: skip
     if not result.passed and grower.exact and not grower.rescaler.inexact:
         raise NotPreservingError(
             f"the student does not reproduce the teacher: rel_err {result.rel_err:.3g}"

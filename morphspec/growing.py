@@ -22,6 +22,7 @@ from morphspec.arch import Arch, resolve
 from morphspec.arguments import check_optimizer, check_options, check_teacher
 from morphspec.checkpoint import check_keys
 from morphspec.checkpoint.finite import check_finite_tensors
+from morphspec.defaults import DEFAULT_SAMPLES
 from morphspec.errors import CheckpointError, Mark, MorphError, NotPreservingError, closest
 from morphspec.growth.apply import StateSource, TensorSource, student_entries
 from morphspec.growth.families import FAMILIES, Family, make_family
@@ -147,7 +148,7 @@ def grow(
     source = StateSource(state)
     opts = (options or GrowOptions()).with_values(**option_values)
     check_options(opts)
-    seed, rtol, samples = opts.seed, opts.rtol, opts.samples
+    seed, rtol, samples = opts.seed, opts.rtol, opts.samples or DEFAULT_SAMPLES
     t_arch = _arch(teacher_spec, teacher_set)
     plan = diff(t_arch, _arch(student_spec, student_set))
     if opts.interleave:

@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 
 from morphspec.growth.options import InitMode
 
-__all__ = ["InitMode", "add_normal", "generator", "he_std", "std_of", "tensor_std", "uniform_into"]
+__all__ = [
+    "InitMode", "add_normal", "generator", "he_std", "std_of", "tensor_std", "uniform_into",
+    "wide_draws",
+]  # fmt: skip
 
 CHUNK = 1 << 20  # elements per float64 work buffer: 8 MB, below glibc's mmap threshold
 
@@ -42,6 +48,31 @@ def _chunks(x: torch.Tensor) -> list[torch.Tensor]:
     return [x.narrow(0, i, min(rows, x.shape[0] - i)) for i in range(0, x.shape[0], rows)]
 
 
+_WIDE = ContextVar("wide_draws", default=False)
+_LOW = (torch.float16, torch.bfloat16)
+
+
+@contextmanager
+def wide_draws() -> Iterator[None]:
+    """Within it, `uniform_into` on a float16 or bfloat16 view draws float64 values a chunk
+    at a time and rounds each once: the values a float64 copy of the whole tensor would
+    get and then round (torch draws one 64-bit number per float64 element, in the view's
+    order, so chunks in that order continue one stream), without that copy."""
+    token = _WIDE.set(True)
+    try:
+        yield
+    finally:
+        _WIDE.reset(token)
+
+
+def _uniform_wide(x: torch.Tensor, bound: float, gen: torch.Generator) -> None:
+    parts = _chunks(x)
+    buffer = torch.empty(max(p.numel() for p in parts), dtype=torch.float64)
+    for part in parts:
+        wide = buffer[: part.numel()].view(part.shape)
+        part.copy_(wide.uniform_(-bound, bound, generator=gen))
+
+
 def uniform_into(x: torch.Tensor, std: float, gen: torch.Generator) -> None:
     """Fill `x` (any view) with U(-√3·std, √3·std), drawn directly in `x`'s dtype.
 
@@ -53,6 +84,9 @@ def uniform_into(x: torch.Tensor, std: float, gen: torch.Generator) -> None:
     if x.numel() == 0:
         return
     bound = math.sqrt(3.0) * std
+    if _WIDE.get() and x.dtype in _LOW:
+        _uniform_wide(x, bound, gen)
+        return
     x.uniform_(-bound, bound, generator=gen)
 
 

@@ -150,7 +150,7 @@ class GrowOptions:
         return self.verify.rtol
 
     @property
-    def samples(self) -> int:
+    def samples(self) -> int | None:
         return self.verify.samples
 
 
@@ -162,9 +162,15 @@ class VerifyOptions:
         default=DEFAULT_RTOL,
         metadata=_cli("--rtol", "Pass when max|s-t| / max|t| is at most this.", min=0.0),
     )
-    samples: int = field(
-        default=DEFAULT_SAMPLES,
-        metadata=_cli("--samples", "Inputs to compare on.", min=1, max=100_000),
+    samples: int | None = field(
+        default=None,
+        metadata=_cli(
+            "--samples",
+            f"Inputs to compare on [default: convert, as many as cost about a third of the"
+            f" conversion, 1 to {DEFAULT_SAMPLES}; grow, {DEFAULT_SAMPLES}].",
+            min=1,
+            max=100_000,
+        ),
     )
 
 

@@ -195,9 +195,12 @@ class HFFolder(CheckpointReader):
         return math.prod(self.shape(key)) * self.dtype(key).itemsize
 
     def get(self, key: str, copy: bool = True) -> torch.Tensor:
-        """The spec's tensor `key`, always a fresh contiguous tensor."""
+        """The spec's tensor `key`: a fresh contiguous tensor, or with `copy=False` (for a
+        reader that only reads) the mapped one where no regrouping moved it (a rename)."""
         g, j = self._where(key)
         whole = super().get(self._hf[g.hf], copy=False)
         part = g.from_hf(whole, [self._shapes[k] for k in g.morph])[j]
+        if not copy and part.is_contiguous():
+            return part
         shared = part.untyped_storage().data_ptr() == whole.untyped_storage().data_ptr()
         return part.clone() if shared else part

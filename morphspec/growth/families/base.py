@@ -29,6 +29,7 @@ from morphspec.growth import segments
 from morphspec.growth.catalog import CATALOG, Conditions, FamilyInfo
 from morphspec.growth.experts import finish_router, register_experts
 from morphspec.growth.families.facts import Facts, channel_view, rule_or_fail
+from morphspec.growth.families.lowprec import LOW_PRECISION, fill_low_precision
 from morphspec.growth.families.newlayers import NewLayers
 from morphspec.growth.graph import ChannelSpace, Role
 from morphspec.growth.groups import register_groups, repeat_kv
@@ -60,6 +61,9 @@ class Family(NewLayers):
     pairs_new_spaces: ClassVar[bool] = False
     ties: ClassVar[Literal["zero", "random", "refuse"]] = "zero"
     """New entries of a tied dimension (K and Kᵀ): zero, random (inexact), or refused."""
+    rules_copy: ClassVar[bool] = False
+    """`consume` and `produce` only copy, negate or zero entries (no arithmetic), so a
+    float16 tensor can be filled in float16 with the same bytes (families/lowprec.py)."""
     lift_split: ClassVar[bool] = False
     """Under the duplication lift, consumers read W/k + R_j, W/k − ΣR_j (R2R), not W/k."""
 
@@ -213,10 +217,10 @@ class Family(NewLayers):
         """The student's `key` in `dtype`; `reference_std` is the spread of the same tensor
         in the teacher's last repeat copy, for a tensor of an appended copy. A bfloat16 or
         float16 tensor is computed in float64 and rounded once at the end, so a rule that
-        is not exact after rounding (W/2 ± R, √(d'/d)) loses one rounding, no more."""
-        if dtype in (torch.bfloat16, torch.float16):
-            wide = teacher.to(torch.float64) if teacher is not None else None
-            return self._tensor(key, wide, reference_std, torch.float64).to(dtype)
+        is not exact after rounding (W/2 ± R, √(d'/d)) loses one rounding, no more, and
+        without a float64 copy of the tensor where it can (families/lowprec.py)."""
+        if dtype in LOW_PRECISION:
+            return fill_low_precision(self, key, teacher, reference_std, dtype)
         return self._tensor(key, teacher, reference_std, dtype)
 
     def _tensor(

@@ -27,6 +27,7 @@ __all__ = ["NetMorph"]
 class NetMorph(Family):
     name = "netmorph"
     identity_deepen = True
+    rules_copy = True
 
     def check(self, facts: Facts) -> list[Problem]:
         problems = super().check(facts)

@@ -43,6 +43,7 @@ class R2R(Family):
 
     name = "r2r"
     pairs_new_spaces = True
+    rules_copy = True
     lift_split = True
 
     # -- conditions ---------------------------------------------------------------------

@@ -12,4 +12,5 @@ __all__ = ["RandPad"]
 class RandPad(Family):
     name = "randpad"
     exact = False
+    rules_copy = True
     ties = "random"

@@ -38,6 +38,7 @@ from morphspec.checkpoint.reader import CheckpointReader
 from morphspec.checkpoint.writer import TensorEntry
 from morphspec.distributed.optim_state import (
     GrownOptimizer,
+    InMemoryState,
     MomentEntry,
     StateSource,
     check_state,
@@ -67,7 +68,7 @@ def param_shapes(arch: Arch) -> list[tuple[str, tuple[int, ...]]]:
     return [(n, tuple(int(d) for d in p.shape)) for n, p in model.named_parameters()]
 
 
-class TorchFileState:
+class TorchFileState(InMemoryState):
     """An `optimizer.state_dict()` file, loaded with `weights_only=True`, in names."""
 
     def __init__(self, path: Path, teacher: Sequence[tuple[str, tuple[int, ...]]]) -> None:
@@ -97,26 +98,14 @@ class TorchFileState:
                 mark,
             )
         names = [n for n, _ in teacher]
-        self._state = {names[int(i)]: dict(v) for i, v in state.items()}
-        self._groups = [
-            {**{k: v for k, v in g.items() if k != "params"}, "params": [names[i] for i in ps]}
-            for g in groups
-            for ps in [g["params"]]
-        ]
-        self.names = sorted(self._state)
-
-    def layout(self, fqn: str) -> dict[str, tuple[tuple[int, ...], torch.dtype] | None]:
-        return {
-            k: (tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else None
-            for k, v in self._state.get(fqn, {}).items()
-        }
-
-    def value(self, fqn: str, name: str) -> Any:
-        v = self._state[fqn][name]
-        return v.clone() if isinstance(v, torch.Tensor) else v
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [dict(g) for g in self._groups]
+        super().__init__(
+            {names[int(i)]: v for i, v in state.items()},
+            [
+                {**{k: v for k, v in g.items() if k != "params"}, "params": [names[i] for i in ps]}
+                for g in groups
+                for ps in [g["params"]]
+            ],
+        )
 
 
 @dataclass

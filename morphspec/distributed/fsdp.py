@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,7 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
-from morphspec.distributed.optim_state import grow_optimizer_state
+from morphspec.distributed.optim_state import InMemoryState, grow_optimizer_state
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -88,28 +87,6 @@ def shard_like(student: nn.Module, teacher: nn.Module) -> None:
         fully_shard(student, **{"mesh": mesh, **kwargs[""]})
 
 
-class _FullState:
-    """A gathered optimizer state_dict (by name) as optim_state's StateSource."""
-
-    def __init__(self, osd: Mapping[str, Any]) -> None:
-        self._state = {k: dict(v) for k, v in osd["state"].items()}
-        self._groups = [dict(g) for g in osd["param_groups"]]
-        self.names = sorted(self._state)
-
-    def layout(self, fqn: str) -> dict[str, tuple[tuple[int, ...], torch.dtype] | None]:
-        return {
-            k: (tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else None
-            for k, v in self._state.get(fqn, {}).items()
-        }
-
-    def value(self, fqn: str, name: str) -> Any:
-        v = self._state[fqn][name]
-        return v.detach().clone() if isinstance(v, torch.Tensor) else v
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [dict(g) for g in self._groups]
-
-
 def grow_sharded(
     module: nn.Module,
     teacher_spec: Any,
@@ -137,7 +114,7 @@ def grow_sharded(
     family, plan = result.family, result.family.plan
     grown = grow_optimizer_state(
         family,
-        _FullState(osd),
+        InMemoryState(osd["state"], osd["param_groups"]),
         dict(param_shapes(plan.teacher)),
         param_shapes(plan.student),
         fill_new=True,

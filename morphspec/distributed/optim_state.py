@@ -30,6 +30,7 @@ from morphspec.growth.optim import grow_entry, state_family, student_groups
 __all__ = [
     "KNOWN_STATE",
     "GrownOptimizer",
+    "InMemoryState",
     "MomentEntry",
     "StateSource",
     "check_state",
@@ -51,6 +52,30 @@ class StateSource(Protocol):
     def value(self, fqn: str, name: str) -> Any: ...
 
     def param_groups(self) -> list[dict[str, Any]]: ...
+
+
+class InMemoryState:
+    """A StateSource over a state held in memory: `state` and `param_groups` by parameter
+    name (a loaded optimizer file, a gathered FSDP state)."""
+
+    def __init__(self, state: Any, groups: Any) -> None:
+        """`state`: {name: {entry: value}}; `groups`: param groups listing names."""
+        self._state = {k: dict(v) for k, v in state.items()}
+        self._groups = [dict(g) for g in groups]
+        self.names = sorted(self._state)
+
+    def layout(self, fqn: str) -> dict[str, tuple[tuple[int, ...], torch.dtype] | None]:
+        return {
+            k: (tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else None
+            for k, v in self._state.get(fqn, {}).items()
+        }
+
+    def value(self, fqn: str, name: str) -> Any:
+        v = self._state[fqn][name]
+        return v.detach().clone() if isinstance(v, torch.Tensor) else v
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [dict(g) for g in self._groups]
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def probe_inputs(
     if not tokens and not bool(torch.isfinite(data).all()):
         raise MorphError("inputs hold NaN or infinite values; probe measures finite ones", where)
     if tokens:
-        vocab = min((n.args["vocab"] for n in arch.nodes() if n.kind == "embedding"), default=0)
+        vocab = arch.vocab() or 0
         if vocab and (int(data.min()) < 0 or int(data.max()) >= vocab):
             raise MorphError(f"token ids must lie in [0, {vocab}) for spec '{arch.name}'", where)
     return data[:samples] if samples else data

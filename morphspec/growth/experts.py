@@ -25,8 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from morphspec.arch.nodes import Arch
+from morphspec.arch.nodes import Arch, Node
 from morphspec.errors import Problem
+from morphspec.growth.kinds import rule_of
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +36,12 @@ __all__ = ["ROUTER_SCALE", "ExpertGrowth", "expert_growths", "finish_router", "r
 
 ROUTER_SCALE = 0.1
 """A new router's entries are this fraction of the family's usual draw: small, not zero."""
+
+
+def mixes_experts(node: Node) -> bool:
+    """The node's kind may hold experts (its rule's `nested` copies are `experts.<j>`)."""
+    rule = rule_of(node.kind)
+    return rule is not None and rule.nested == "experts"
 
 
 @dataclass(frozen=True)
@@ -46,12 +53,12 @@ class ExpertGrowth:
 
 def expert_growths(teacher: Arch, student: Arch) -> tuple[dict[str, ExpertGrowth], list[Problem]]:
     """Every mlp whose experts grow, or why not."""
-    t_nodes = {n.path: n for n in teacher.nodes() if n.kind == "mlp"}
+    t_nodes = {n.path: n for n in teacher.nodes() if mixes_experts(n)}
     growths: dict[str, ExpertGrowth] = {}
     problems: list[Problem] = []
     for s in student.nodes():
         t = t_nodes.get(s.path)
-        if s.kind != "mlp" or t is None:
+        if not mixes_experts(s) or t is None:
             continue
         e1, k1, e2, k2 = t.args["experts"], t.args["top_k"], s.args["experts"], s.args["top_k"]
         if (e1, k1) == (e2, k2) or e2 < e1 or k2 < k1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from morphspec.arch.nodes import Arch
 from morphspec.errors import Problem
+from morphspec.growth.experts import mixes_experts
 from morphspec.growth.graph import SpaceGraph
 from morphspec.growth.groups import is_grouped
 from morphspec.growth.kinds import rule_of
@@ -51,7 +52,7 @@ def unruled_dims(
         grown = {r.dim for r, sp in graph.roles(key) if sp.size > sizes[sp.id]}
         if node.path in kernels:
             grown |= {2, 3}
-        if node.kind == "mlp" and key.endswith(".gate.weight"):
+        if mixes_experts(node) and key.endswith(".gate.weight"):
             grown.add(0)  # a router's experts: growth/experts.py copies its rows
         for d, (a, b) in enumerate(zip(tshape, shape, strict=True)):
             if a != b and d not in grown:

@@ -155,7 +155,8 @@ def convert(
             checked = "; not verified (--no-verify)"
         else:
             sign = "<=" if v.passed else ">"
-            checked = f"; rel_err {v.rel_err:.3g} {sign} rtol {v.rtol:g} ({v.samples} samples)"
+            inputs = f"{v.samples} sample{'s' if v.samples != 1 else ''}"
+            checked = f"; rel_err {v.rel_err:.3g} {sign} rtol {v.rtol:g} ({inputs})"
         text = f"wrote {result.output}{checked}"
     else:
         text = f"dry run: would write {result.output}"

@@ -11,7 +11,8 @@ mean final validation loss over `--tuning-seeds` (grown arms at the middle growt
 when the best value is at an edge of the grid, the grid grows by a factor 2 beyond it, at
 most twice, so a chosen lr is never the last one tried unless the limit was hit);
 then each grown arm's growth point from `--grow-fracs` (fractions of the budget spent on
-the teacher) at that learning rate, the same way. The chosen settings are then run on
+the teacher) at that learning rate, the same way (at an edge, one more point halfway to 0
+or to 1, at most twice). The chosen settings are then run on
 `--seeds`, and only those runs are reported. Runs start as soon as what they depend on is
 known, `--jobs` at a time; every finished run is appended to `--log`, and `--resume`
 skips the runs found there (a stopped run picks up where it was).
@@ -158,10 +159,19 @@ def tune_and_run(sched: Scheduler, args: argparse.Namespace) -> dict[str, dict[s
                     st["lr_sweep"] = _sweep(sched.done, cands, grid)
                     st["stage"] = "frac" if grown else "report"
             if st["stage"] == "frac":
-                cands = [[(arm, st["lr"], f, s) for s in args.tuning_seeds] for f in fracs]
+                points = st.setdefault("fracs", list(fracs))
+                cands = [[(arm, st["lr"], f, s) for s in args.tuning_seeds] for f in points]
                 if not sched.need([k for ks in cands for k in ks], rank):
-                    st["grow_frac"] = fracs[_best(sched.done, cands)]
-                    st["frac_sweep"] = _sweep(sched.done, cands, fracs)
+                    best = _best(sched.done, cands)
+                    if best in (0, len(points) - 1) and len(points) < len(fracs) + EXTEND:
+                        # at an edge: halve the distance to 0 (earlier) or to 1 (later)
+                        if best == 0:
+                            points.insert(0, points[0] / 2)
+                        else:
+                            points.append((points[-1] + 1) / 2)
+                        continue
+                    st["grow_frac"] = points[best]
+                    st["frac_sweep"] = _sweep(sched.done, cands, points)
                     st["stage"] = "report"
             if st["stage"] == "report":
                 keys = [(arm, st["lr"], st.get("grow_frac", 0.0), s) for s in args.seeds]

@@ -84,7 +84,7 @@ def test_quick_run(tmp_path: Path) -> None:
     assert summary["same_students"] == {"grown-net2net": "grown-netmorph"}
     net2net, netmorph = doc["arms"]["grown-net2net"], doc["arms"]["grown-netmorph"]
     assert net2net["final_loss"] == netmorph["final_loss"]
-    assert len(summary["tuning"]["grown-r2r"]["frac_sweep"]) == 3
+    assert len(summary["tuning"]["grown-r2r"]["frac_sweep"]) >= 3
     seeds = {json.loads(line)["key"][3] for line in log.read_text().splitlines()}
     assert seeds == {100, 0, 1}
     lines = len(log.read_text().splitlines())

@@ -56,7 +56,7 @@ from morphspec.interop.exporter import DEFAULT_SHARD_BYTES
 from morphspec.interop.folder import open_checkpoint
 from morphspec.interop.hf_output import HFTarget, hf_target, write_hf_folder
 from morphspec.spec.load import SetArg
-from morphspec.verify import Verification, check_samples, verify_checkpoints
+from morphspec.verify import Verification, conversion_samples, verify_checkpoints
 
 __all__ = ["ConvertResult", "convert", "default_output", "plan_for"]
 
@@ -289,7 +289,7 @@ def _verified(
     if not verify:
         return None
     rtol = opts.rtol
-    n = opts.samples or check_samples(teacher, student, total, len(grower.modes))
+    n = opts.samples or conversion_samples(teacher, student, total, len(grower.modes))
     result = verify_checkpoints(
         teacher, checkpoint, student, staging, n, opts.seed, rtol, grower.modes,
         teacher_finite=True,

@@ -37,8 +37,8 @@ __all__ = [
     "Mode",
     "Verification",
     "check_comparable",
-    "check_samples",
     "compare",
+    "conversion_samples",
     "run_mode",
     "sample_inputs",
     "verify_checkpoints",
@@ -147,7 +147,7 @@ def _max_errors(t: torch.Tensor, s: torch.Tensor) -> tuple[float, float]:
     return float(torch.stack(errs).max()), float(torch.stack(scales).max())
 
 
-def check_samples(teacher: Arch, student: Arch, student_bytes: int, modes: int) -> int:
+def conversion_samples(teacher: Arch, student: Arch, student_bytes: int, modes: int) -> int:
     """How many inputs the conversion's own check feeds: as many as `CHECK_FLOPS_PER_BYTE`
     allows, at most DEFAULT_SAMPLES, at least 2 where a 1-D batchnorm is checked in train
     mode (it needs a batch) and 1 elsewhere. A growth that is not exact shows on almost any

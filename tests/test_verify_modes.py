@@ -15,7 +15,7 @@ import morphspec
 from morphspec import verify
 from morphspec.convert import convert
 from morphspec.modes import batch_norms, both_modes, mode_free
-from morphspec.verify import check_samples, run_mode, verify_modes
+from morphspec.verify import conversion_samples, run_mode, verify_modes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,18 +151,18 @@ def test_check_samples_follow_the_cost(tmp_path: Path) -> None:
 
     specs = ROOT / "examples" / "specs"
     t, s = arch(specs / "mlp.yaml"), arch(specs / "mlp_wide.yaml")
-    assert check_samples(t, s, nbytes(s), 2) == 32
+    assert conversion_samples(t, s, nbytes(s), 2) == 32
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import convert_throughput as ct
 
     t_path, s_path = ct.write_specs(tmp_path, 1e9)
     t, s = arch(t_path), arch(s_path)
-    assert check_samples(t, s, nbytes(s) * 2 // 3, 2) == 1  # its batch norms are 2-D
-    assert check_samples(t, s, 100 * nbytes(s), 2) == 32
+    assert conversion_samples(t, s, nbytes(s) * 2 // 3, 2) == 1  # its batch norms are 2-D
+    assert conversion_samples(t, s, 100 * nbytes(s), 2) == 32
     llama = ["vocab=32000", "dim=768", "heads=12", "kv_heads=12", "hidden=3072"]
     t = arch(specs / "llama_mini.yaml", [*llama, "layers=8"])
     s = arch(specs / "llama_mini.yaml", [*llama, "layers=16"])
-    assert check_samples(t, s, nbytes(s), 2) == 1  # one sequence of 32 tokens here
+    assert conversion_samples(t, s, nbytes(s), 2) == 1  # one sequence of 32 tokens here
     mlp = SPEC_1D
     t = arch(write_spec(tmp_path / "m.yaml", mlp))
-    assert check_samples(t, t, 1, 2) == 2  # a 1-D batchnorm needs a batch in train mode
+    assert conversion_samples(t, t, 1, 2) == 2  # a 1-D batchnorm needs a batch in train mode

@@ -17,17 +17,18 @@ import os
 import re
 from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+from morphspec.checkpoint.direct import AppendFile
 from morphspec.checkpoint.output import disk_error
 from morphspec.checkpoint.reader import INDEX_NAME
 from morphspec.checkpoint.writer import (
     LateMetadata,
     TensorEntry,
     check_entries,
+    final_header,
     header_bytes,
     produced,
-    rewrite_header,
 )
 from morphspec.errors import MorphError
 
@@ -111,11 +112,12 @@ def write_sharded(
     stream: Generator[tuple[memoryview, Any], None, None] = produced(
         [e for run in runs for e in run]
     )
-    files: list[BinaryIO] = []
+    files: list[AppendFile] = []
     done = 0
     try:
         for name, run, header in zip(names, runs, headers, strict=True):
-            shard: BinaryIO = open(folder / name, "wb")  # noqa: SIM115 - closed in finally
+            fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            shard = AppendFile(fd, keep_head=len(header))
             files.append(shard)
             shard.write(header)
             for _entry, (data, owner) in zip(run, stream, strict=False):
@@ -126,10 +128,7 @@ def write_sharded(
                     progress(done)
         final = late() if late is not None else None
         for shard, run, header in zip(files, runs, headers, strict=True):
-            if final is not None:
-                rewrite_header(shard, header, run, final)
-            shard.flush()
-            os.fsync(shard.fileno())
+            shard.finish(final_header(header, run, None if final is None else lambda: final))
     except OSError as err:
         raise disk_error(err, folder) or err from None
     finally:

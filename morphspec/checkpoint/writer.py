@@ -27,22 +27,24 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 import torch
 
+from morphspec.checkpoint.direct import AppendFile
 from morphspec.checkpoint.output import default_mode, disk_error, terminate_as_interrupt
 from morphspec.checkpoint.reader import SAFETENSORS_DTYPES, CheckpointReader
 from morphspec.errors import CheckpointError, Mark
 
 __all__ = [
     "LateMetadata",
+    "Sink",
     "TensorEntry",
     "check_entries",
+    "final_header",
     "header_bytes",
     "load_state_dict",
     "produced",
-    "rewrite_header",
     "save_state_dict",
     "write_file",
     "write_safetensors",
@@ -51,6 +53,14 @@ __all__ = [
 LateMetadata = Callable[[], Mapping[str, str]]
 """Metadata computed while the tensors are written; it must encode to the same length as
 the metadata given up front (a placeholder of the same size)."""
+
+
+class Sink(Protocol):
+    """Where `write_file` appends bytes (a `checkpoint.direct.AppendFile`, or any binary
+    file)."""
+
+    def write(self, data: memoryview | bytes, /) -> int: ...
+
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
@@ -161,12 +171,9 @@ def write_safetensors(
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with AppendFile(fd, keep_head=len(header)) as f:
                 write_file(f, header, ordered, progress)
-                if late is not None:
-                    rewrite_header(f, header, ordered, late())
-                f.flush()
-                os.fsync(f.fileno())
+                f.finish(final_header(header, ordered, late))
             os.chmod(tmp, default_mode())
             os.replace(tmp, target)
         except BaseException as err:
@@ -180,7 +187,7 @@ def write_safetensors(
 
 
 def write_file(
-    f: BinaryIO,
+    f: Sink,
     header: bytes,
     ordered: Sequence[TensorEntry],
     progress: Callable[[int], None] | None,
@@ -198,15 +205,17 @@ def write_file(
     return done
 
 
-def rewrite_header(
-    f: BinaryIO, header: bytes, ordered: Sequence[TensorEntry], metadata: Mapping[str, str]
-) -> None:
-    """Write the final header over the placeholder one, which had the same length."""
-    final = header_bytes(ordered, metadata)
+def final_header(
+    header: bytes, ordered: Sequence[TensorEntry], late: LateMetadata | None
+) -> bytes | None:
+    """The header with `late`'s metadata, to go over the placeholder `header` (None when
+    there is no late metadata); it must have the placeholder's length."""
+    if late is None:
+        return None
+    final = header_bytes(ordered, late())
     if len(final) != len(header):
         raise ValueError("late metadata must encode to the same length as its placeholder")
-    f.flush()
-    os.pwrite(f.fileno(), final, 0)
+    return final
 
 
 def produced(

@@ -23,6 +23,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from morphspec.arch import Arch
+from morphspec.checkpoint.loader import TensorLoader
+from morphspec.checkpoint.pool import BufferPool
 from morphspec.checkpoint.reader import CheckpointReader
 
 __all__ = ["streamed_model"]
@@ -30,11 +32,13 @@ __all__ = ["streamed_model"]
 
 @contextlib.contextmanager
 def streamed_model(
-    arch: Arch, reader: CheckpointReader, dtype: torch.dtype | None = None
-) -> Iterator[nn.Module]:
+    arch: Arch, reader: CheckpointReader, dtype: torch.dtype | None = None,
+    pool: BufferPool | None = None,
+) -> Iterator[nn.Module]:  # fmt: skip
     """The model of `arch` in eval mode, each layer's tensors read from `reader` only while
-    that layer runs, in `dtype` (float32 when None). Keys and shapes must have been checked
-    (`check_keys`) beforehand."""
+    that layer runs, in `dtype` (float32 when None), into buffers of `pool` (which two
+    models run one after the other can share; `checkpoint/loader.py`). Keys and shapes
+    must have been checked (`check_keys`) beforehand."""
     from morphspec.builder import build_arch
 
     with torch.device("meta"), _NoInit():
@@ -44,6 +48,7 @@ def streamed_model(
     model.eval()
     # A tied head reads its embedding's weight after the embedding ran: keep those resident.
     tied = set(arch.shared_weights().values())
+    loader = TensorLoader(reader, pool)
     handles = []
     atomic: list[str] = []  # modules that read their children's tensors without calling them
     for prefix, module in model.named_modules():
@@ -56,7 +61,7 @@ def streamed_model(
         own += [n for n, b in module.named_buffers(recurse=whole) if b is not None]
         if not own:
             continue
-        layer = _Layer(module, prefix, own, reader)
+        layer = _Layer(module, prefix, own, loader)
         handles.append(module.register_forward_pre_hook(layer.load))
         if prefix not in tied:
             handles.append(module.register_forward_hook(layer.release))
@@ -65,6 +70,7 @@ def streamed_model(
     finally:
         for handle in handles:
             handle.remove()
+        loader.close()
 
 
 class _NoInit(TorchFunctionMode):
@@ -84,12 +90,13 @@ class _Layer:
     """The tensors of one module: read in before its forward, dropped after it."""
 
     def __init__(
-        self, module: nn.Module, prefix: str, names: list[str], reader: CheckpointReader
+        self, module: nn.Module, prefix: str, names: list[str], loader: TensorLoader
     ) -> None:
         self.module = module
         self.keys = {n: f"{prefix}.{n}" if prefix else n for n in names}
-        self.reader = reader
+        self.loader = loader
         self.meta = {n: self._get(n) for n in names}
+        self.loaded: list[torch.Tensor] = []
 
     def _owner(self, name: str) -> tuple[nn.Module, str]:
         """The submodule that holds `name` (a dotted name for a `stream_whole` module)."""
@@ -110,9 +117,13 @@ class _Layer:
 
     def load(self, module: nn.Module, args: Any) -> None:
         for name, key in self.keys.items():
-            stored = self.reader.get(key, copy=False)
-            self._set(name, stored.to(self.meta[name].dtype))
+            tensor = self.loader.load(key, self.meta[name].dtype)
+            self.loaded.append(tensor)
+            self._set(name, tensor)
 
     def release(self, module: nn.Module, args: Any, output: Any) -> None:
         for name, placeholder in self.meta.items():
             self._set(name, placeholder)
+        for tensor in self.loaded:
+            self.loader.give_back(tensor, output)
+        self.loaded.clear()

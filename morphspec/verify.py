@@ -10,6 +10,7 @@ uniform token ids for int64), and compared: `max_abs_err = max|s - t|`,
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -20,6 +21,8 @@ import torch
 from torch import nn
 
 from morphspec.arch import Arch
+from morphspec.checkpoint.pool import BufferPool
+from morphspec.checkpoint.reader import CheckpointReader
 from morphspec.defaults import DEFAULT_RTOL, DEFAULT_SAMPLES
 from morphspec.errors import ArgumentError, MorphError
 from morphspec.growth.kinds import rule_of
@@ -206,7 +209,6 @@ def verify_modes(
     mode-dependent layers are batch norms run both modes in one pass (`modes.py`)."""
     from morphspec.checkpoint import check_finite, check_keys
     from morphspec.interop.folder import open_checkpoint
-    from morphspec.streamed import streamed_model
 
     check_comparable(teacher, student)
     with (
@@ -224,22 +226,49 @@ def verify_modes(
         inputs = sample_inputs(teacher, samples, seed)
         if wide and inputs.is_floating_point():
             inputs = inputs.double()
-        results: list[Verification] = []
-        for mode in modes:
-            with (
-                streamed_model(teacher, t_reader, dtype) as t_model,
-                streamed_model(student, s_reader, dtype) as s_model,
-            ):
-                if results and mode_free(t_model) and mode_free(s_model):
-                    results.append(replace(results[0], mode=mode))  # the same computation
-                    continue
-                t_norms, s_norms = batch_norms(t_model), batch_norms(s_model)
-                paired = t_norms is not None and s_norms is not None and (t_norms or s_norms)
-                if sorted(modes) == ["eval", "train"] and paired:
-                    assert t_norms is not None and s_norms is not None
-                    return _both(t_model, s_model, t_norms + s_norms, inputs, rtol, seed, modes)
-                results.append(compare(t_model, s_model, inputs, rtol, seed, mode))
-        return results
+        pool = BufferPool()  # the two models run one after the other: one set of buffers
+        with _plain_kernels():
+            return _run_modes(teacher, t_reader, student, s_reader, pool, dtype, inputs,
+                              rtol, seed, modes)  # fmt: skip
+
+
+def _run_modes(
+    teacher: Arch, t_reader: CheckpointReader, student: Arch, s_reader: CheckpointReader,
+    pool: BufferPool, dtype: torch.dtype | None, inputs: torch.Tensor, rtol: float, seed: int,
+    modes: tuple[Mode, ...],
+) -> list[Verification]:  # fmt: skip
+    """`verify_modes`' comparisons, once its checks are done."""
+    from morphspec.streamed import streamed_model
+
+    results: list[Verification] = []
+    for mode in modes:
+        with (
+            streamed_model(teacher, t_reader, dtype, pool) as t_model,
+            streamed_model(student, s_reader, dtype, pool) as s_model,
+        ):
+            if results and mode_free(t_model) and mode_free(s_model):
+                results.append(replace(results[0], mode=mode))  # the same computation
+                continue
+            t_norms, s_norms = batch_norms(t_model), batch_norms(s_model)
+            paired = t_norms is not None and s_norms is not None and (t_norms or s_norms)
+            if sorted(modes) == ["eval", "train"] and paired:
+                assert t_norms is not None and s_norms is not None
+                return _both(t_model, s_model, t_norms + s_norms, inputs, rtol, seed, modes)
+            results.append(compare(t_model, s_model, inputs, rtol, seed, mode))
+    return results
+
+
+@contextmanager
+def _plain_kernels() -> Iterator[None]:
+    """oneDNN off while streamed models run. Its convolutions copy the weight into a
+    blocked layout on every call, which pays off over a large batch; verification feeds a
+    few samples through weights read once, so the copy (a fresh buffer as large as the
+    weight) is most of the work: 12 convolutions of the 1 GB benchmark took 2.2 s with it
+    and 1.3 s without (benchmarks/README.md, issue 21). Both models use the same kernels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about TF32 on Intel GPUs here
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
 
 
 @torch.no_grad()

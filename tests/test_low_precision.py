@@ -157,6 +157,8 @@ def test_float16_conversion_heap_within_goal(tmp_path: Path) -> None:
 THREADS = """
 import sys, torch
 torch.set_num_threads(int(sys.argv[5]))
+import morphspec.checkpoint.writer as writer
+writer.PRODUCERS = int(sys.argv[6])
 from morphspec.convert import convert
 convert(*sys.argv[1:5], verify=False, force=True)
 """
@@ -164,24 +166,27 @@ convert(*sys.argv[1:5], verify=False, force=True)
 
 @pytest.mark.slow
 def test_bytes_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
-    """The same conversion (float32 convs, float16 linears, 30 MB) with 1 and 2 torch
-    threads writes the same tensors: spreads and draws must not follow the BLAS split."""
+    """The same conversion (float32 convs, float16 linears, 30 MB) with 1 torch thread and
+    1 producer, 2 and 2, and 2 and 3 writes the same bytes: spreads and draws must not
+    follow the BLAS split, nor the order in which producers finish (issue 21)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import convert_throughput as ct
 
     spec_t, spec_s = ct.write_specs(tmp_path, 0.03e9)
     ckpt = tmp_path / "teacher.safetensors"
     ct.make_teacher(spec_t, ckpt)
-    outs = []
-    for threads in ("1", "2"):
-        out = tmp_path / f"s{threads}.safetensors"
+    outs, files = [], []
+    for threads, producers in (("1", "1"), ("2", "2"), ("2", "3")):
+        out = tmp_path / f"s{threads}-{producers}.safetensors"
         run = subprocess.run(
             [sys.executable, "-c", THREADS, str(spec_t), str(spec_s), str(ckpt), str(out),
-             threads],
+             threads, producers],
             capture_output=True, text=True, timeout=600, check=False,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
         outs.append(read_tensors(out))
+        files.append(out.read_bytes())
+    assert files[0] == files[1] == files[2]
     assert outs[0].keys() == outs[1].keys()
     assert any(t.dtype == torch.float16 for t in outs[0].values())
     for key, t in outs[0].items():

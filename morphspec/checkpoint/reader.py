@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,7 +26,7 @@ from morphspec.checkpoint.regular import read_regular
 from morphspec.checkpoint.source import TensorSource
 from morphspec.errors import CheckpointError, Mark, Problem, closest
 
-__all__ = ["INDEX_NAME", "SAFETENSORS_DTYPES", "CheckpointReader", "check_keys"]
+__all__ = ["INDEX_NAME", "SAFETENSORS_DTYPES", "CheckpointReader", "Span", "check_keys"]
 
 INDEX_NAME = "model.safetensors.index.json"
 _SINGLE_NAME = "model.safetensors"
@@ -67,6 +67,21 @@ class _Info:
     dtype: torch.dtype
     nbytes: int
     file: Path
+    begin: int = 0
+    """Where the tensor's bytes start, from the start of the data (after the header)."""
+    data: int = 0
+    """Where the data starts in the file: 8 + the header's length."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where one tensor's bytes lie in its file, for readers that read them directly."""
+
+    file: Path
+    offset: int
+    nbytes: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
 
 
 def _fail(path: Path, message: str) -> CheckpointError:
@@ -109,7 +124,7 @@ def _read_header(path: Path) -> tuple[dict[str, _Info], dict[str, str]]:
     infos: dict[str, _Info] = {}
     end_max = 0
     for key, entry in header.items():
-        infos[key] = _check_entry(path, key, entry)
+        infos[key] = replace(_check_entry(path, key, entry), data=8 + n)
         end_max = max(end_max, entry["data_offsets"][1])
     if end_max > data_size:
         raise _fail(
@@ -140,7 +155,7 @@ def _check_entry(path: Path, key: str, entry: Any) -> _Info:
     nbytes = math.prod(shape) * dtype.itemsize
     if offsets[1] - offsets[0] != nbytes:
         raise _fail(path, f"{bad}: {offsets[1] - offsets[0]} bytes for shape {shape}; {_FIX}")
-    return _Info(tuple(shape), dtype, nbytes, path)
+    return _Info(tuple(shape), dtype, nbytes, path, offsets[0])
 
 
 def _is_size(value: Any) -> bool:
@@ -277,6 +292,11 @@ class CheckpointReader:
 
     def nbytes(self, key: str) -> int:
         return self._info(key).nbytes
+
+    def span(self, key: str) -> Span | None:
+        """Where `key`'s bytes are in its file (stored as the header says, little-endian)."""
+        info = self._info(key)
+        return Span(info.file, info.data + info.begin, info.nbytes, info.dtype, info.shape)
 
     def get(self, key: str, copy: bool = True) -> torch.Tensor:
         """The tensor `key`. safe_open's result shares the file's memory map, so by default it

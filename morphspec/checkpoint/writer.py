@@ -23,8 +23,9 @@ import math
 import os
 import sys
 import tempfile
+from collections import deque
 from collections.abc import Callable, Generator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +34,7 @@ import torch
 
 from morphspec.checkpoint.direct import AppendFile
 from morphspec.checkpoint.output import default_mode, disk_error, terminate_as_interrupt
+from morphspec.checkpoint.pool import BufferPool, lending
 from morphspec.checkpoint.reader import SAFETENSORS_DTYPES, CheckpointReader
 from morphspec.errors import CheckpointError, Mark
 
@@ -218,36 +220,55 @@ def final_header(
     return final
 
 
-def produced(
-    ordered: Sequence[TensorEntry],
-) -> Generator[tuple[memoryview, torch.Tensor], None, None]:
-    """Each entry's bytes in order, the next one produced on a worker thread meanwhile.
+PRODUCERS = 2
+"""Tensors produced at once. Random draws (one generator stream per tensor) run on one
+core, so one producer left a 2-core machine half idle; each tensor still has its own
+generator, so the bytes do not depend on this number (tests/test_direct_io.py)."""
 
-    torch's kernels and `write` release the GIL, so on two cores producing and writing
-    overlap. Each tensor has its own generator, so the bytes do not depend on which thread
-    made them. On an error or interrupt the worker finishes its tensor and stops.
+
+def produced(
+    ordered: Sequence[TensorEntry], producers: int | None = None
+) -> Generator[tuple[memoryview, torch.Tensor], None, None]:
+    """Each entry's bytes in order, the following ones produced on worker threads meanwhile.
+
+    torch's kernels and `write` release the GIL, so producing and writing overlap. Tensor
+    i + `producers` is started once tensor i is written, so `producers` tensors are in
+    memory at most. On an error or interrupt the workers finish their tensors and stop.
     """
     if not ordered:
         return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="morph-produce") as pool:
-        ahead: Future[tuple[memoryview, torch.Tensor]] = pool.submit(_bytes_of, ordered[0])
+    producers = producers or PRODUCERS
+    buffers = BufferPool()
+    with ThreadPoolExecutor(max_workers=producers, thread_name_prefix="morph-produce") as pool:
+        ahead = deque(pool.submit(_bytes_of, e, buffers) for e in ordered[:producers])
+        following = iter(ordered[producers:])
         try:
-            for following in [*ordered[1:], None]:
-                current = ahead.result()
-                if following is not None:
-                    ahead = pool.submit(_bytes_of, following)
-                yield current
-                del current
+            while ahead:
+                data, owner, lent = ahead.popleft().result()
+                yield data, owner
+                del data, owner  # the caller is done with them: their buffer is free
+                for buffer in lent:
+                    buffers.give(buffer)
+                entry = next(following, None)
+                if entry is not None:
+                    ahead.append(pool.submit(_bytes_of, entry, buffers))
         finally:
-            ahead.cancel()
+            for future in ahead:
+                future.cancel()
 
 
-def _bytes_of(entry: TensorEntry) -> tuple[memoryview, torch.Tensor]:
-    """Runs on the worker thread, where grad mode (thread-local) is on by default: producers
-    that compute from parameters must not record graphs there."""
-    with torch.no_grad():
+def _bytes_of(
+    entry: TensorEntry, buffers: BufferPool
+) -> tuple[memoryview, torch.Tensor, list[torch.Tensor]]:
+    """Runs on a worker thread, where grad mode (thread-local) is on by default: producers
+    that compute from parameters must not record graphs there. Also returns the pooled
+    buffer that holds the tensor, if any, to be given back once it is written (the
+    family's work buffers are dropped: they may be larger, float64 copies)."""
+    with torch.no_grad(), lending(buffers) as lent:
         tensor = entry.produce()
-    return _raw_bytes(entry, tensor)
+    data, owner = _raw_bytes(entry, tensor)
+    home = owner.untyped_storage().data_ptr()
+    return data, owner, [b for b in lent if b.data_ptr() == home]
 
 
 def _fsync_dir(directory: Path) -> None:

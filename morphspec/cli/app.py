@@ -30,6 +30,7 @@ from morphspec.cli import (
 )
 from morphspec.cli.guard import ClickException, guarded
 from morphspec.cli.output import problem_json, to_json
+from morphspec.cli.startup import leave
 from morphspec.errors import Problem
 
 __all__ = ["app", "main"]
@@ -115,7 +116,19 @@ def main() -> None:
     """Entry point of the `morph` and `morphspec` console scripts."""
     # torch warns at import when numpy is absent; morphspec never needs numpy.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
-    args = sys.argv[1:]
+    try:
+        _run(sys.argv[1:])
+    except SystemExit as done:
+        code = done.code
+    else:
+        code = 0
+    if code is not None and not isinstance(code, int):
+        sys.stderr.write(f"{code}\n")  # what sys.exit does with a message
+        code = 1
+    leave(code or 0)
+
+
+def _run(args: list[str]) -> None:
     if "--json" not in args:
         app()
         return

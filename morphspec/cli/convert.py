@@ -19,6 +19,7 @@ from morphspec.cli.growth_options import (
 )  # fmt: skip
 from morphspec.cli.options import ForceOpt, JsonOpt, SetOpt
 from morphspec.cli.output import Output
+from morphspec.cli.startup import quiet_import
 
 __all__ = ["EXAMPLES", "convert"]
 
@@ -126,7 +127,7 @@ def convert(
     function. Everything is checked before a tensor moves; the output is written beside its
     destination, verified (unless --no-verify) and only then renamed into place. The teacher
     is never written. Exit 3, with no output written, when the student misses --rtol."""
-    from morphspec.convert import convert as run
+    run = quiet_import("morphspec.convert").convert
 
     out = Output(as_json)
     with out.progress() as bar:

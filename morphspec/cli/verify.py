@@ -12,6 +12,7 @@ from morphspec.arch import resolve
 from morphspec.cli.growth_options import StudentSetOpt, TeacherSetOpt, growth_option
 from morphspec.cli.options import JsonOpt, SeedOpt
 from morphspec.cli.output import Output
+from morphspec.cli.startup import quiet_import
 from morphspec.defaults import DEFAULT_RTOL, MAX_LR, MAX_TRAIN_STEPS
 from morphspec.errors import EXIT_NOT_PRESERVING, Mark, Problem
 from morphspec.spec import load_spec
@@ -79,7 +80,7 @@ def verify(
     """Build both models, feed both the same seeded inputs and report max_abs_err and
     rel_err = max|s - t| / max|t| in eval mode (running statistics) and in train mode
     (batch statistics, dropout off). Exit 3 when either rel_err exceeds --rtol."""
-    from morphspec.verify import verify_modes
+    verify_modes = quiet_import("morphspec.verify").verify_modes
 
     out = Output(as_json)
     teacher = resolve(load_spec(teacher_spec, teacher_set))

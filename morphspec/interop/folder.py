@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from morphspec.arch import Arch
-from morphspec.checkpoint.reader import INDEX_NAME, CheckpointReader
+from morphspec.checkpoint.reader import INDEX_NAME, CheckpointReader, Span
 from morphspec.errors import CheckpointError, Mark, MorphError, Problem, closest
 from morphspec.interop.keymap import Group, KeyMap
 from morphspec.interop.registry import BY_NAMING
@@ -193,6 +193,20 @@ class HFFolder(CheckpointReader):
 
     def nbytes(self, key: str) -> int:
         return math.prod(self.shape(key)) * self.dtype(key).itemsize
+
+    def span(self, key: str) -> Span | None:
+        """Where `key`'s bytes are, when the folder stores it as is (a rename) or as rows
+        of a fused tensor (a concatenation); None when it is transposed."""
+        g, j = self._where(key)
+        whole = super().span(self._hf[g.hf])
+        if whole is None or g.ops not in ((), ("concat",)):
+            return None
+        shapes = [self._shapes[k] for k in g.morph]
+        row = whole.nbytes // whole.shape[0] if whole.shape and whole.shape[0] else 0
+        before = sum(s[0] for s in shapes[:j]) * row if g.ops else 0
+        shape = shapes[j]
+        nbytes = math.prod(shape) * whole.dtype.itemsize
+        return Span(whole.file, whole.offset + before, nbytes, whole.dtype, shape)
 
     def get(self, key: str, copy: bool = True) -> torch.Tensor:
         """The spec's tensor `key`: a fresh contiguous tensor, or with `copy=False` (for a

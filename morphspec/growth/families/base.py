@@ -24,6 +24,7 @@ from typing import ClassVar, Literal
 import torch
 
 from morphspec.arch.nodes import Node
+from morphspec.checkpoint.pool import pooled_empty
 from morphspec.errors import PlanRefused, Problem
 from morphspec.growth import segments
 from morphspec.growth.catalog import CATALOG, Conditions, FamilyInfo
@@ -251,7 +252,7 @@ class Family(NewLayers):
                 if not self.rescaler.touches(key) and node_path not in self.identity_layers:
                     self.spreads[key] = existing
             std = tensor_std(existing, shape, self.options.init, self.options.init_scale)
-            x = torch.empty(shape, dtype=dtype)
+            x = pooled_empty(shape, dtype)  # the writer's reused buffer, if it lends one
             gen, noise = generator(self.options.seed, key), generator(self.options.seed, key, "n")
             fresh = [] if key in self.facts.zero_keys else self._new_entries(x, key, teacher)
             for part in fresh:

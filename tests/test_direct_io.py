@@ -136,3 +136,38 @@ def test_safetensors_file_loads_and_matches_the_buffered_one(
     monkeypatch.setattr(direct, "_O_DIRECT", 0)
     save_state_dict(state, plain, {"k": "v"})
     assert ours.read_bytes() == plain.read_bytes()
+
+
+def test_producers_keep_order_and_the_memory_bound() -> None:
+    """Entries (large, small and one with scratch) come out in order, and those started
+    but not yet written never hold more than twice the largest entry (one always runs)."""
+    import threading
+    import time
+
+    from morphspec.checkpoint.writer import TensorEntry, produced
+
+    live: list[int] = []
+    peak = [0]
+    lock = threading.Lock()
+
+    def entry(key: str, n: int, scratch: int = 0) -> TensorEntry:
+        def make() -> torch.Tensor:
+            with lock:
+                live.append(n + scratch)
+                peak[0] = max(peak[0], sum(live))
+            time.sleep(0.01)
+            return torch.full((n,), len(key), dtype=torch.uint8)
+
+        return TensorEntry(key, (n,), torch.uint8, make, scratch)
+
+    sizes = [100, 1, 100, 1, 50, 50, 50, 1, 100, 100, 1]
+    entries = [entry(f"k{i:02d}", n) for i, n in enumerate(sizes)]
+    entries.insert(5, entry("k04x", 10, scratch=500))  # alone: larger than the bound
+    seen = []
+    for (data, _owner), e in zip(produced(entries, producers=3), entries, strict=True):
+        assert len(data) == e.nbytes
+        seen.append(e.key)
+        with lock:
+            live.remove(e.nbytes + e.scratch)
+    assert seen == [e.key for e in entries]
+    assert peak[0] == 510  # the scratch entry ran alone; otherwise <= 2 x 100

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Generator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -75,6 +75,9 @@ class TensorEntry:
     shape: tuple[int, ...]
     dtype: torch.dtype
     produce: Callable[[], torch.Tensor]
+    scratch: int = 0
+    """Bytes of working memory that producing it takes beside the tensor itself (a float64
+    copy of a low-precision tensor): the writer counts them against its memory bound."""
 
     @property
     def nbytes(self) -> int:
@@ -223,7 +226,7 @@ def final_header(
 PRODUCERS = 2
 """Tensors produced at once. Random draws (one generator stream per tensor) run on one
 core, so one producer left a 2-core machine half idle; each tensor still has its own
-generator, so the bytes do not depend on this number (tests/test_direct_io.py)."""
+generator, so the bytes do not depend on this number (tests/test_low_precision.py)."""
 
 
 def produced(
@@ -231,35 +234,50 @@ def produced(
 ) -> Generator[tuple[memoryview, torch.Tensor], None, None]:
     """Each entry's bytes in order, the following ones produced on worker threads meanwhile.
 
-    torch's kernels and `write` release the GIL, so producing and writing overlap. Tensor
-    i + `producers` is started once tensor i is written, so `producers` tensors are in
-    memory at most. On an error or interrupt the workers finish their tensors and stop.
+    torch's kernels and `write` release the GIL, so producing and writing overlap. The
+    entries started and not yet written hold at most twice the largest entry's bytes
+    (counting each one's scratch; one entry always runs, however large), the memory bound
+    of one tensor written while the next is produced, so a small tensor (a bias) does not
+    keep the next large one waiting. On an error or interrupt the workers finish their
+    tensors and stop.
     """
     if not ordered:
         return
-    producers = producers or PRODUCERS
+    limit = 2 * max(e.nbytes for e in ordered)
     buffers = BufferPool()
-    with ThreadPoolExecutor(max_workers=producers, thread_name_prefix="morph-produce") as pool:
-        ahead = deque(pool.submit(_bytes_of, e, buffers) for e in ordered[:producers])
-        following = iter(ordered[producers:])
+    following = iter(ordered)
+    queued: TensorEntry | None = next(following, None)
+    ahead: deque[tuple[int, Future[_Produced]]] = deque()
+    held = 0
+    with ThreadPoolExecutor(
+        max_workers=producers or PRODUCERS, thread_name_prefix="morph-produce"
+    ) as pool:
         try:
-            while ahead:
-                data, owner, lent = ahead.popleft().result()
+            while ahead or queued is not None:
+                while queued is not None and (
+                    not ahead or held + queued.nbytes + queued.scratch <= limit
+                ):
+                    cost = queued.nbytes + queued.scratch
+                    ahead.append((cost, pool.submit(_bytes_of, queued, buffers)))
+                    held += cost
+                    queued = next(following, None)
+                cost, future = ahead.popleft()
+                data, owner, lent = future.result()
                 yield data, owner
                 del data, owner  # the caller is done with them: their buffer is free
                 for buffer in lent:
                     buffers.give(buffer)
-                entry = next(following, None)
-                if entry is not None:
-                    ahead.append(pool.submit(_bytes_of, entry, buffers))
+                held -= cost
         finally:
-            for future in ahead:
+            for _, future in ahead:
                 future.cancel()
 
 
-def _bytes_of(
-    entry: TensorEntry, buffers: BufferPool
-) -> tuple[memoryview, torch.Tensor, list[torch.Tensor]]:
+_Produced = tuple[memoryview, torch.Tensor, list[torch.Tensor]]
+"""A tensor's bytes, the tensor they point into, and the pooled buffer that holds it."""
+
+
+def _bytes_of(entry: TensorEntry, buffers: BufferPool) -> _Produced:
     """Runs on a worker thread, where grad mode (thread-local) is on by default: producers
     that compute from parameters must not record graphs there. Also returns the pooled
     buffer that holds the tensor, if any, to be given back once it is written (the

@@ -36,7 +36,8 @@ def student_entries(plan: Plan, family: Family, reader: TensorSource) -> list[Te
         else:
             dtype = torch.int64 if key.endswith("num_batches_tracked") else default
         producer = source.producer(key, ref, dtype)
-        entries.append(TensorEntry(plan.student_key(key), shape, dtype, producer))
+        scratch = family.scratch(key, dtype)
+        entries.append(TensorEntry(plan.student_key(key), shape, dtype, producer, scratch))
     return sorted(entries, key=lambda e: e.key) if plan.renames else entries
 
 

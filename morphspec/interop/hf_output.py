@@ -68,6 +68,7 @@ def hf_entries(family: Family, entries: Sequence[TensorEntry]) -> list[TensorEnt
             g.hf_shape([by_key[k].shape for k in g.morph]),
             by_key[g.morph[0]].dtype,
             produce(g),
+            sum(by_key[k].nbytes + by_key[k].scratch for k in g.morph),  # the parts, then joined
         )
         for g in groups
     ]

@@ -30,7 +30,7 @@ from morphspec.growth import segments
 from morphspec.growth.catalog import CATALOG, Conditions, FamilyInfo
 from morphspec.growth.experts import finish_router, register_experts
 from morphspec.growth.families.facts import Facts, channel_view, rule_or_fail
-from morphspec.growth.families.lowprec import LOW_PRECISION, fill_low_precision
+from morphspec.growth.families.lowprec import LOW_PRECISION, fill_low_precision, scratch_bytes
 from morphspec.growth.families.newlayers import NewLayers
 from morphspec.growth.graph import ChannelSpace, Role
 from morphspec.growth.groups import register_groups, repeat_kv
@@ -223,6 +223,10 @@ class Family(NewLayers):
         if dtype in LOW_PRECISION:
             return fill_low_precision(self, key, teacher, reference_std, dtype)
         return self._tensor(key, teacher, reference_std, dtype)
+
+    def scratch(self, key: str, dtype: torch.dtype) -> int:
+        """Bytes of working memory `tensor(key, ..., dtype)` takes beside its result."""
+        return scratch_bytes(self, key, dtype)
 
     def _tensor(
         self, key: str, teacher: torch.Tensor | None, reference_std: float | None,

@@ -13,6 +13,8 @@ divided by a factor, a reversible unit's biases) still runs on a float64 copy.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import ClassVar, Protocol
 
 import torch
@@ -33,6 +35,7 @@ class Family(Protocol):
     plan: Plan
     rescaler: Rescaler
     rules_copy: ClassVar[bool]
+    shapes: Mapping[str, tuple[int, ...]]
 
     def _tensor(
         self, key: str, teacher: torch.Tensor | None, reference_std: float | None,
@@ -40,7 +43,7 @@ class Family(Protocol):
     ) -> torch.Tensor: ...  # fmt: skip
 
 
-__all__ = ["LOW_PRECISION", "copies_only", "fill_low_precision"]
+__all__ = ["LOW_PRECISION", "copies_only", "fill_low_precision", "scratch_bytes"]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -68,6 +71,14 @@ def fill_low_precision(
         with wide_draws():
             return family._tensor(key, teacher, reference_std, dtype)
     return whole_float64(family, key, teacher, reference_std, dtype)
+
+
+def scratch_bytes(family: Family, key: str, dtype: torch.dtype) -> int:
+    """The float64 copies `whole_float64` makes: the student tensor and the teacher's
+    (at most as large); 0 for fills in the storage dtype (their draw chunks are 8 MB)."""
+    if dtype not in LOW_PRECISION or copies_only(family, key):
+        return 0
+    return 2 * math.prod(family.shapes[key]) * 8
 
 
 def whole_float64(

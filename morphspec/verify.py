@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from morphspec.arch import Arch
+from morphspec.checkpoint.loader import pool_for
 from morphspec.checkpoint.pool import BufferPool
 from morphspec.checkpoint.reader import CheckpointReader
 from morphspec.defaults import DEFAULT_RTOL, DEFAULT_SAMPLES
@@ -226,7 +227,7 @@ def verify_modes(
         inputs = sample_inputs(teacher, samples, seed)
         if wide and inputs.is_floating_point():
             inputs = inputs.double()
-        pool = BufferPool()  # the two models run one after the other: one set of buffers
+        pool = pool_for(t_reader, s_reader)  # the models run one after the other
         with _plain_kernels():
             return _run_modes(teacher, t_reader, student, s_reader, pool, dtype, inputs,
                               rtol, seed, modes)  # fmt: skip

@@ -41,7 +41,7 @@ def _check_all(path: Path) -> int:
     """Load every float tensor twice in float32 and float64 (the second time from reused
     buffers); returns how many came through the pooled pread path."""
     pooled = 0
-    with CheckpointReader(path) as reader, TensorLoader(reader, BufferPool()) as loader:
+    with CheckpointReader(path) as reader, TensorLoader(reader, BufferPool(1 << 30)) as loader:
         for _round in range(2):
             for key in reader:
                 if not reader.dtype(key).is_floating_point:
@@ -111,23 +111,50 @@ def test_a_buffer_an_output_lives_in_is_not_reused() -> None:
 
 
 def test_pool_reuses_and_bounds_its_buffers() -> None:
-    pool = BufferPool()
+    pool = BufferPool(10 * SMALL)
     small = pool.take(100)
+    assert small is not None and small.numel() == 100
     pool.give(small)
     assert not pool.free  # small requests are torch's
-    a = pool.take(3 * SMALL)
+    a = pool.need(6 * SMALL)
     pool.give(a)
-    assert pool.take(2 * SMALL) is a  # fits: reused
+    assert pool.take(4 * SMALL) is a  # fits, and is at most twice the size asked
     pool.give(a)
-    b = pool.take(5 * SMALL)  # nothing fits: the free ones go, the new one is the largest size
-    assert b.numel() == 5 * SMALL and not pool.free
+    b = pool.need(8 * SMALL)  # 6 + 8 > the cap of 10: the free one goes first
+    assert b is not a and not pool.free and pool.out == 8 * SMALL
+    assert pool.take(4 * SMALL, optional=True) is None  # 8 + 4 > 10: refused
+    c = pool.need(4 * SMALL)  # needed: made past the cap
+    assert pool.out == 12 * SMALL
     pool.give(b)
-    c = pool.take(4 * SMALL)
-    assert c is b
+    pool.forget(c)
+    assert pool.out == 0 and pool.free == [b]
+
+
+def test_read_ahead_serves_the_next_loads_and_drops_on_a_miss(ckpt: Path) -> None:
+    with CheckpointReader(ckpt) as reader, TensorLoader(reader, BufferPool(1 << 30)) as loader:
+        loader.read_ahead(["c_big_half", "f_big_float"])
+        assert set(loader.ahead) == {"c_big_half", "f_big_float"}
+        got = loader.load("c_big_half", torch.float32)  # read ahead, converted on load
+        assert torch.equal(got, reader.get("c_big_half").float())
+        assert set(loader.ahead) == {"f_big_float"}
+        other = loader.load("e_bf16", torch.float32)  # not read ahead: the rest is dropped
+        assert not loader.ahead and torch.equal(other, reader.get("e_bf16").float())
+        loader.give_back(got)
+        loader.give_back(other)
+        assert loader.pool.out == 0
+        loader.read_ahead(["f_big_float"])
+        same = loader.load("f_big_float", torch.float32)
+        assert torch.equal(same, reader.get("f_big_float"))
+        loader.give_back(same)
+    tight = BufferPool(SMALL)  # no room: nothing is read ahead, loads still work
+    with CheckpointReader(ckpt) as reader, TensorLoader(reader, tight) as loader:
+        loader.read_ahead(["c_big_half"])
+        assert not loader.ahead
+        assert torch.equal(loader.load("c_big_half", torch.float16), reader.get("c_big_half"))
 
 
 def test_pooled_empty_lends_only_inside_lending() -> None:
-    pool = BufferPool()
+    pool = BufferPool(1 << 30)
     assert pooled_empty((4, 4), torch.float32).numel() == 16
     with lending(pool) as lent:
         x = pooled_empty((SMALL // 4, 2), torch.float32)

@@ -25,6 +25,8 @@ import math
 import mmap
 import os
 import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,7 +36,7 @@ import torch
 from morphspec.checkpoint.pool import BufferPool
 from morphspec.checkpoint.reader import Span
 
-__all__ = ["TensorLoader"]
+__all__ = ["TensorLoader", "pool_for"]
 
 _ALIGN = 4096  # O_DIRECT: address, offset and length in whole logical blocks
 _CHUNK = 8 << 20  # bytes of a converted tensor read at a time
@@ -46,14 +48,21 @@ def _round_up(n: int) -> int:
 
 
 class TensorLoader:
-    """Reads `reader`'s tensors into `pool`'s buffers (see the module docstring)."""
+    """Reads `reader`'s tensors into `pool`'s buffers (see the module docstring).
 
-    def __init__(self, reader: Any, pool: BufferPool | None = None) -> None:
+    `read_ahead(keys)` starts reading the next layer's tensors (as stored) on a worker
+    thread while the current layer computes, if the pool's cap leaves room for them: the
+    disk then works while the CPU does. A load of another key drops what was read ahead."""
+
+    def __init__(self, reader: Any, pool: BufferPool) -> None:
         self.reader = reader
-        self.pool = pool or BufferPool()
+        self.pool = pool
         self.fds: dict[Path, tuple[int, int | None]] = {}  # file -> plain fd, O_DIRECT fd
-        self.chunk: torch.Tensor | None = None
+        self.lock = threading.Lock()  # the worker and this thread open files
+        self.chunks: list[torch.Tensor] | None = None  # two, for reading while converting
         self.lent: dict[int, torch.Tensor] = {}  # id(tensor) -> its pooled buffer
+        self.ahead: dict[str, tuple[torch.Tensor, Future[torch.Tensor]]] = {}
+        self.worker: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> TensorLoader:
         return self
@@ -64,47 +73,118 @@ class TensorLoader:
         self.close()
 
     def close(self) -> None:
+        self._drop_ahead()
+        if self.worker is not None:
+            self.worker.shutdown()
+            self.worker = None
         for plain, direct in self.fds.values():
             os.close(plain)
             if direct is not None:
                 os.close(direct)
         self.fds.clear()
-        self.chunk = None
+        self.chunks = None
 
-    def load(self, key: str, dtype: torch.dtype) -> torch.Tensor:
-        """The tensor `key` in `dtype`; `give_back` it when done."""
+    def _span(self, key: str) -> Span | None:
         span_of = getattr(self.reader, "span", None)
         span: Span | None = span_of(key) if span_of is not None else None
         if span is None or not span.nbytes or span.offset % span.dtype.itemsize:
+            return None
+        return span
+
+    def load(self, key: str, dtype: torch.dtype) -> torch.Tensor:
+        """The tensor `key` in `dtype`; `give_back` it when done."""
+        pending = self.ahead.pop(key, None)
+        if pending is None:
+            self._drop_ahead()  # the layers run in another order than they were listed
+        span = self._span(key)
+        if span is None:
             return self.reader.get(key, copy=False).to(dtype)
-        if span.dtype == dtype:
-            buffer = self.pool.take(_round_up(span.offset + span.nbytes) - _floor(span) + _ALIGN)
+        out = math.prod(span.shape) * dtype.itemsize
+        if pending is not None:
+            stored, future = pending
+            raw = future.result()
+            if span.dtype == dtype:
+                buffer, tensor = stored, raw.view(dtype).view(span.shape)
+            else:
+                buffer = self.pool.need(out)
+                flat = buffer[:out].view(dtype)
+                flat.copy_(raw.view(span.dtype))
+                self.pool.give(stored)
+                tensor = flat.view(span.shape)
+        elif span.dtype == dtype:
+            buffer = self.pool.need(_stored_bytes(span))
             raw = self._read(span.file, span.offset, span.nbytes, buffer)
             tensor = raw.view(dtype).view(span.shape)
-        else:
-            buffer = self.pool.take(math.prod(span.shape) * dtype.itemsize)
-            flat = buffer[: math.prod(span.shape) * dtype.itemsize].view(dtype)
+        else:  # read and converted a chunk at a time
+            buffer = self.pool.need(out)
+            flat = buffer[:out].view(dtype)
             self._convert(span, flat)
             tensor = flat.view(span.shape)
         self.lent[id(tensor)] = buffer
         return tensor
 
+    def read_ahead(self, keys: list[str]) -> None:
+        """Start reading `keys` on the worker, all or none, if the pool has room."""
+        spans = [(k, s) for k in keys if k not in self.ahead and (s := self._span(k))]
+        taken: list[tuple[str, Span, torch.Tensor]] = []
+        for key, span in spans:
+            buffer = self.pool.take(_stored_bytes(span), optional=True)
+            if buffer is None:
+                for _, _, held in taken:
+                    self.pool.give(held)
+                return
+            taken.append((key, span, buffer))
+        if taken and self.worker is None:
+            self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="morph-read")
+        for key, span, buffer in taken:
+            assert self.worker is not None
+            job = self.worker.submit(self._read, span.file, span.offset, span.nbytes, buffer)
+            self.ahead[key] = (buffer, job)
+
+    def _drop_ahead(self) -> None:
+        for buffer, future in self.ahead.values():
+            try:
+                future.result()  # a read under way cannot be stopped
+            finally:
+                self.pool.give(buffer)
+        self.ahead.clear()
+
     def give_back(self, tensor: torch.Tensor, output: Any = None) -> None:
         """`tensor` (from `load`) is no longer used: its buffer goes back to the pool,
         unless `output` (what the layer returned) shares its memory."""
         buffer = self.lent.pop(id(tensor), None)
-        if buffer is not None and not _shares(output, buffer):
+        if buffer is None:
+            return
+        if _shares(output, buffer):
+            self.pool.forget(buffer)
+        else:
             self.pool.give(buffer)
 
     def _convert(self, span: Span, flat: torch.Tensor) -> None:
+        """Read `span` a chunk at a time into `flat` (converting): the worker reads chunk
+        k + 1 into one buffer while this thread converts chunk k from the other."""
         size = span.dtype.itemsize
         per = max(1, _CHUNK // size)
-        if self.chunk is None:
-            self.chunk = torch.empty(_CHUNK + 3 * _ALIGN, dtype=torch.uint8)
-        for start in range(0, flat.numel(), per):
-            count = min(per, flat.numel() - start)
-            raw = self._read(span.file, span.offset + start * size, count * size, self.chunk)
-            flat[start : start + count].copy_(raw.view(span.dtype))
+        if self.chunks is None:
+            self.chunks = [torch.empty(_CHUNK + 3 * _ALIGN, dtype=torch.uint8) for _ in "ab"]
+        if self.worker is None:
+            self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="morph-read")
+        starts = range(0, flat.numel(), per)
+
+        def read(i: int) -> Future[torch.Tensor]:
+            assert self.worker is not None and self.chunks is not None
+            count = min(per, flat.numel() - starts[i])
+            where = span.offset + starts[i] * size
+            return self.worker.submit(
+                self._read, span.file, where, count * size, self.chunks[i % 2]
+            )
+
+        pending = read(0)
+        for i, start in enumerate(starts):
+            raw = pending.result()
+            if i + 1 < len(starts):
+                pending = read(i + 1)
+            flat[start : start + raw.numel() // size].copy_(raw.view(span.dtype))
 
     def _read(self, file: Path, offset: int, nbytes: int, buffer: torch.Tensor) -> torch.Tensor:
         """The file's bytes [offset, offset + nbytes) as a view of `buffer`. File byte X
@@ -135,6 +215,10 @@ class TensorLoader:
         return span[offset - first : end - first]
 
     def _fds(self, file: Path) -> tuple[int, int | None]:
+        with self.lock:
+            return self._open(file)
+
+    def _open(self, file: Path) -> tuple[int, int | None]:
         found = self.fds.get(file)
         if found is None:
             plain = os.open(file, os.O_RDONLY)
@@ -144,14 +228,27 @@ class TensorLoader:
         return found
 
     def _plain_only(self, file: Path) -> None:
-        plain, direct = self.fds[file]
-        if direct is not None:
-            os.close(direct)
-        self.fds[file] = (plain, None)
+        with self.lock:
+            plain, direct = self.fds[file]
+            if direct is not None:
+                os.close(direct)
+            self.fds[file] = (plain, None)
 
 
-def _floor(span: Span) -> int:
-    return span.offset // _ALIGN * _ALIGN
+def pool_for(*readers: Any) -> BufferPool:
+    """A pool for loading `readers`' tensors, one model after the other: room for two of
+    the largest tensor as stored (one in use, the next read ahead), the memory bound of
+    streamed verification (benchmarks/README.md)."""
+    largest = max(
+        (math.prod(r.shape(k)) * r.dtype(k).itemsize for r in readers for k in r.keys()),  # noqa: SIM118 - readers, not dicts
+        default=0,
+    )
+    return BufferPool(2 * (largest + 4 * _ALIGN))
+
+
+def _stored_bytes(span: Span) -> int:
+    """A buffer for the tensor's bytes read with whole aligned blocks at an aligned address."""
+    return _round_up(span.offset + span.nbytes) - span.offset // _ALIGN * _ALIGN + _ALIGN
 
 
 def _open_direct(file: Path) -> int | None:

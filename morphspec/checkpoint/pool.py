@@ -6,6 +6,7 @@ tensors cost 1.2 s of CPU more than one reused buffer). The conversion makes one
 tensor per student weight and verification one per converted layer weight, each dropped
 right after it is written or used; handing the buffer back lets the next one skip those
 faults. Small requests go to torch's allocator, which serves them from its heap anyway.
+The pool holds at most `cap` bytes (the caller's memory bound), buffers in use included.
 """
 
 from __future__ import annotations
@@ -23,33 +24,55 @@ SMALL = 1 << 20  # bytes: below this, torch.empty
 
 
 class BufferPool:
-    """Free buffers, handed out best fit. When none fits, the free ones (all too small)
-    are dropped and a buffer of the largest size asked so far is made, so a few buffers
-    serve every size: the pool holds at most as many as were in use at once, each no
-    larger than the largest request."""
+    """Free buffers, handed out best fit (never one more than twice the size asked).
 
-    def __init__(self) -> None:
+    `cap` bounds the bytes the pool holds, handed out and free: to make room for a new
+    buffer the free ones go first, smallest first. A needed buffer is made even past the
+    cap; an optional one (`optional=True`: reading ahead) is then refused. Every buffer
+    handed out is given back (`give`) or, if its memory is kept elsewhere, `forget`."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
         self.free: list[torch.Tensor] = []
-        self.high = 0  # the largest request so far
+        self.out = 0  # bytes of the buffers handed out
         self.lock = threading.Lock()
 
-    def take(self, nbytes: int) -> torch.Tensor:
+    def take(self, nbytes: int, optional: bool = False) -> torch.Tensor | None:
         """A uint8 tensor of at least `nbytes` (its contents are arbitrary)."""
         if nbytes < SMALL:
             return torch.empty(nbytes, dtype=torch.uint8)
         with self.lock:
-            self.high = max(self.high, nbytes)
-            fits = [i for i, b in enumerate(self.free) if b.numel() >= nbytes]
+            fits = [i for i, b in enumerate(self.free) if nbytes <= b.numel() <= 2 * nbytes]
             if fits:
-                return self.free.pop(min(fits, key=lambda i: self.free[i].numel()))
-            self.free.clear()
-            size = self.high
-        return torch.empty(size, dtype=torch.uint8)
+                found = self.free.pop(min(fits, key=lambda i: self.free[i].numel()))
+                self.out += found.numel()
+                return found
+            self.free.sort(key=lambda b: b.numel())
+            while self.free and self.out + nbytes + sum(b.numel() for b in self.free) > self.cap:
+                self.free.pop(0)
+            if optional and self.out + nbytes > self.cap:
+                return None
+            self.out += nbytes
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    def need(self, nbytes: int) -> torch.Tensor:
+        """`take` of a buffer that must be had."""
+        found = self.take(nbytes)
+        assert found is not None
+        return found
 
     def give(self, buffer: torch.Tensor) -> None:
+        """`buffer` is free again."""
         if buffer.numel() >= SMALL:
             with self.lock:
+                self.out -= buffer.numel()
                 self.free.append(buffer)
+
+    def forget(self, buffer: torch.Tensor) -> None:
+        """`buffer` stays in use elsewhere (or is dropped): no longer the pool's."""
+        if buffer.numel() >= SMALL:
+            with self.lock:
+                self.out -= buffer.numel()
 
 
 _LENDING: ContextVar[tuple[BufferPool, list[torch.Tensor]] | None] = ContextVar(
@@ -78,7 +101,7 @@ def pooled_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     n = 1
     for d in shape:
         n *= d
-    buffer = pool.take(n * dtype.itemsize)
+    buffer = pool.need(n * dtype.itemsize)
     if buffer.numel() >= SMALL:
         lent.append(buffer)
     return buffer[: n * dtype.itemsize].view(dtype).view(shape)

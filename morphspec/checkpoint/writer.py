@@ -244,7 +244,7 @@ def produced(
     if not ordered:
         return
     limit = 2 * max(e.nbytes for e in ordered)
-    buffers = BufferPool()
+    buffers = BufferPool(limit)
     following = iter(ordered)
     queued: TensorEntry | None = next(following, None)
     ahead: deque[tuple[int, Future[_Produced]]] = deque()
@@ -286,6 +286,9 @@ def _bytes_of(entry: TensorEntry, buffers: BufferPool) -> _Produced:
         tensor = entry.produce()
     data, owner = _raw_bytes(entry, tensor)
     home = owner.untyped_storage().data_ptr()
+    for buffer in lent:
+        if buffer.data_ptr() != home:
+            buffers.forget(buffer)  # a work buffer, dropped now
     return data, owner, [b for b in lent if b.data_ptr() == home]
 
 

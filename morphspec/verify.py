@@ -10,7 +10,6 @@ uniform token ids for int64), and compared: `max_abs_err = max|s - t|`,
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -228,9 +227,8 @@ def verify_modes(
         if wide and inputs.is_floating_point():
             inputs = inputs.double()
         pool = pool_for(t_reader, s_reader)  # the models run one after the other
-        with _plain_kernels():
-            return _run_modes(teacher, t_reader, student, s_reader, pool, dtype, inputs,
-                              rtol, seed, modes)  # fmt: skip
+        return _run_modes(teacher, t_reader, student, s_reader, pool, dtype, inputs, rtol,
+                          seed, modes)  # fmt: skip
 
 
 def _run_modes(
@@ -257,19 +255,6 @@ def _run_modes(
                 return _both(t_model, s_model, t_norms + s_norms, inputs, rtol, seed, modes)
             results.append(compare(t_model, s_model, inputs, rtol, seed, mode))
     return results
-
-
-@contextmanager
-def _plain_kernels() -> Iterator[None]:
-    """oneDNN off while streamed models run. Its convolutions copy the weight into a
-    blocked layout on every call, which pays off over a large batch; verification feeds a
-    few samples through weights read once, so the copy (a fresh buffer as large as the
-    weight) is most of the work: 12 convolutions of the 1 GB benchmark took 2.2 s with it
-    and 1.3 s without (benchmarks/README.md, issue 21). Both models use the same kernels."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch warns about TF32 on Intel GPUs here
-        with torch.backends.mkldnn.flags(enabled=False):
-            yield
 
 
 @torch.no_grad()

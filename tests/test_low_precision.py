@@ -127,7 +127,7 @@ def test_chunked_wide_draws_continue_one_stream(dtype: torch.dtype) -> None:
 CONVERT = """
 import sys
 from morphspec.convert import convert
-convert(*sys.argv[1:5], verify=False, force=True)
+convert(*sys.argv[1:5], verify=sys.argv[5] == "check", force=True)
 """
 
 
@@ -135,23 +135,24 @@ convert(*sys.argv[1:5], verify=False, force=True)
 def test_float16_conversion_heap_within_goal(tmp_path: Path) -> None:
     """Converting a ~200 MB teacher (its linear layers float16) in a subprocess keeps the
     peak RssAnon (sampled from /proc every 20 ms) within 2 x the largest student tensor
-    + 300 MB, the goal of `benchmarks/convert_throughput.py`. The whole-tensor float64 fill
-    took 2.1x that goal at 1 GB (issue 21)."""
+    + 300 MB, the goal of `benchmarks/convert_throughput.py`, without and with its check.
+    The whole-tensor float64 fill took 2.1x that goal at 1 GB (issue 21)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import convert_throughput as ct
 
     spec_t, spec_s = ct.write_specs(tmp_path, 0.2e9)
     ckpt, out = tmp_path / "teacher.safetensors", tmp_path / "student.safetensors"
     ct.make_teacher(spec_t, ckpt)
-    run = ct.run_convert([sys.executable, "-c", CONVERT, str(spec_t), str(spec_s), str(ckpt),
-                          str(out)])  # fmt: skip
-    with CheckpointReader(out) as reader:
-        largest = max(reader.nbytes(k) for k in reader)
-        half = sum(reader.nbytes(k) for k in reader if k.startswith("mlps."))
-    assert half > largest  # the float16 MLP tensors are a large part of the student
-    goal = 2 * largest + ct.HEAP_SLACK
-    assert run.samples >= 5, run.samples
-    assert run.peak["RssAnon"] <= goal, (run.peak["RssAnon"] / 1e6, goal / 1e6)
+    for check in ("no-check", "check"):  # the conversion, then with its verification too
+        run = ct.run_convert([sys.executable, "-c", CONVERT, str(spec_t), str(spec_s),
+                              str(ckpt), str(out), check])  # fmt: skip
+        with CheckpointReader(out) as reader:
+            largest = max(reader.nbytes(k) for k in reader)
+            half = sum(reader.nbytes(k) for k in reader if k.startswith("mlps."))
+        assert half > largest  # the float16 MLP tensors are a large part of the student
+        goal = 2 * largest + ct.HEAP_SLACK
+        assert run.samples >= 5, run.samples
+        assert run.peak["RssAnon"] <= goal, (check, run.peak["RssAnon"] / 1e6, goal / 1e6)
 
 
 THREADS = """

@@ -294,7 +294,10 @@ class CheckpointReader:
         return self._info(key).nbytes
 
     def span(self, key: str) -> Span | None:
-        """Where `key`'s bytes are in its file (stored as the header says, little-endian)."""
+        """Where `key`'s bytes are in its file (stored as the header says, little-endian);
+        None for a subclass that computes its tensors (overrides `get`) but not this."""
+        if type(self).get is not CheckpointReader.get and type(self).span is CheckpointReader.span:
+            return None
         info = self._info(key)
         return Span(info.file, info.data + info.begin, info.nbytes, info.dtype, info.shape)
 

@@ -7,10 +7,11 @@ dropped, so peak memory stays near the largest tensor. Data goes to a hidden tem
 the target directory and is renamed into place only once complete and fsynced: an
 interrupted run never leaves a half-written checkpoint, and never clobbers an old one.
 
-Producing a tensor (draws, copies) and writing it (a kernel copy into the page cache) each
-take about half the time, so one worker thread produces the next tensor while this one
-writes the last: two tensors are in memory at most. Metadata known only at the end (the
-teacher's hash, computed meanwhile) is written over a same-length placeholder header.
+Worker threads produce the next tensors (draws, copies) while this thread writes the
+last one, past the page cache (`checkpoint/direct.py`); the tensors started and not yet
+written hold at most twice the largest tensor, in buffers handed back once written
+(`checkpoint/pool.py`). Metadata known only at the end (the teacher's hash, computed
+meanwhile) is written over a same-length placeholder header.
 """
 
 from __future__ import annotations
@@ -263,10 +264,12 @@ def produced(
                     queued = next(following, None)
                 cost, future = ahead.popleft()
                 data, owner, lent = future.result()
+                del future  # it holds the result too
                 yield data, owner
                 del data, owner  # the caller is done with them: their buffer is free
                 for buffer in lent:
                     buffers.give(buffer)
+                del lent
                 held -= cost
         finally:
             for _, future in ahead:

@@ -50,7 +50,6 @@ def streamed_model(
     tied = set(arch.shared_weights().values())
     loader = TensorLoader(reader, pool or pool_for(reader))
     handles = []
-    layers: list[_Layer] = []  # in the order they were built, mostly the order they run
     atomic: list[str] = []  # modules that read their children's tensors without calling them
     for prefix, module in model.named_modules():
         if any(prefix.startswith(p + ".") for p in atomic):
@@ -63,9 +62,6 @@ def streamed_model(
         if not own:
             continue
         layer = _Layer(module, prefix, own, loader)
-        if layers:
-            layers[-1].following = list(layer.keys.values())
-        layers.append(layer)
         handles.append(module.register_forward_pre_hook(layer.load))
         if prefix not in tied:
             handles.append(module.register_forward_hook(layer.release))
@@ -101,7 +97,6 @@ class _Layer:
         self.loader = loader
         self.meta = {n: self._get(n) for n in names}
         self.loaded: list[torch.Tensor] = []
-        self.following: list[str] = []  # the keys of the layer built after this one
 
     def _owner(self, name: str) -> tuple[nn.Module, str]:
         """The submodule that holds `name` (a dotted name for a `stream_whole` module)."""
@@ -125,7 +120,6 @@ class _Layer:
             tensor = self.loader.load(key, self.meta[name].dtype)
             self.loaded.append(tensor)
             self._set(name, tensor)
-        self.loader.read_ahead(self.following)  # read while this layer computes
 
     def release(self, module: nn.Module, args: Any, output: Any) -> None:
         for name, placeholder in self.meta.items():

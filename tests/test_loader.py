@@ -12,7 +12,7 @@ import torch
 
 from morphspec.checkpoint import CheckpointReader, save_state_dict
 from morphspec.checkpoint import loader as loader_module
-from morphspec.checkpoint.loader import TensorLoader, _shares, resident_fraction
+from morphspec.checkpoint.loader import TensorLoader, _shares, pool_for, resident_fraction
 from morphspec.checkpoint.pool import SMALL, BufferPool, lending, pooled_empty
 
 
@@ -130,27 +130,20 @@ def test_pool_reuses_and_bounds_its_buffers() -> None:
     assert pool.out == 0 and pool.free == [b]
 
 
-def test_read_ahead_serves_the_next_loads_and_drops_on_a_miss(ckpt: Path) -> None:
-    with CheckpointReader(ckpt) as reader, TensorLoader(reader, BufferPool(1 << 30)) as loader:
-        loader.read_ahead(["c_big_half", "f_big_float"])
-        assert set(loader.ahead) == {"c_big_half", "f_big_float"}
-        got = loader.load("c_big_half", torch.float32)  # read ahead, converted on load
-        assert torch.equal(got, reader.get("c_big_half").float())
-        assert set(loader.ahead) == {"f_big_float"}
-        other = loader.load("e_bf16", torch.float32)  # not read ahead: the rest is dropped
-        assert not loader.ahead and torch.equal(other, reader.get("e_bf16").float())
-        loader.give_back(got)
-        loader.give_back(other)
-        assert loader.pool.out == 0
-        loader.read_ahead(["f_big_float"])
-        same = loader.load("f_big_float", torch.float32)
-        assert torch.equal(same, reader.get("f_big_float"))
-        loader.give_back(same)
-    tight = BufferPool(SMALL)  # no room: nothing is read ahead, loads still work
-    with CheckpointReader(ckpt) as reader, TensorLoader(reader, tight) as loader:
-        loader.read_ahead(["c_big_half"])
-        assert not loader.ahead
-        assert torch.equal(loader.load("c_big_half", torch.float16), reader.get("c_big_half"))
+def test_verification_pool_keeps_one_largest_tensor(ckpt: Path) -> None:
+    """Loads one layer at a time: a buffer goes back to the pool and serves the next load;
+    nothing stays out once given back."""
+    with CheckpointReader(ckpt) as reader:
+        pool = pool_for(reader)
+        assert pool.cap >= reader.nbytes("f_big_float")
+        with TensorLoader(reader, pool) as loader:
+            first = loader.load("f_big_float", torch.float32)
+            home = first.untyped_storage().data_ptr()
+            loader.give_back(first)
+            again = loader.load("f_big_float", torch.float32)
+            assert again.untyped_storage().data_ptr() == home
+            loader.give_back(again)
+            assert pool.out == 0
 
 
 def test_pooled_empty_lends_only_inside_lending() -> None:

@@ -50,9 +50,10 @@ def _round_up(n: int) -> int:
 class TensorLoader:
     """Reads `reader`'s tensors into `pool`'s buffers (see the module docstring).
 
-    `read_ahead(keys)` starts reading the next layer's tensors (as stored) on a worker
-    thread while the current layer computes, if the pool's cap leaves room for them: the
-    disk then works while the CPU does. A load of another key drops what was read ahead."""
+    Reading the next layer while this one computes was tried (issue 21) and dropped: the
+    student's read-back is bound by the disk, it saved nothing measurable, and the layer
+    read ahead sat in the heap beside the current one and oneDNN's copy of its weight
+    (736 MB against the 688 MB goal on the 1 GB benchmark)."""
 
     def __init__(self, reader: Any, pool: BufferPool) -> None:
         self.reader = reader
@@ -61,7 +62,6 @@ class TensorLoader:
         self.lock = threading.Lock()  # the worker and this thread open files
         self.chunks: list[torch.Tensor] | None = None  # two, for reading while converting
         self.lent: dict[int, torch.Tensor] = {}  # id(tensor) -> its pooled buffer
-        self.ahead: dict[str, tuple[torch.Tensor, Future[torch.Tensor]]] = {}
         self.worker: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> TensorLoader:
@@ -73,7 +73,6 @@ class TensorLoader:
         self.close()
 
     def close(self) -> None:
-        self._drop_ahead()
         if self.worker is not None:
             self.worker.shutdown()
             self.worker = None
@@ -93,61 +92,21 @@ class TensorLoader:
 
     def load(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         """The tensor `key` in `dtype`; `give_back` it when done."""
-        pending = self.ahead.pop(key, None)
-        if pending is None:
-            self._drop_ahead()  # the layers run in another order than they were listed
         span = self._span(key)
         if span is None:
             return self.reader.get(key, copy=False).to(dtype)
-        out = math.prod(span.shape) * dtype.itemsize
-        if pending is not None:
-            stored, future = pending
-            raw = future.result()
-            if span.dtype == dtype:
-                buffer, tensor = stored, raw.view(dtype).view(span.shape)
-            else:
-                buffer = self.pool.need(out)
-                flat = buffer[:out].view(dtype)
-                flat.copy_(raw.view(span.dtype))
-                self.pool.give(stored)
-                tensor = flat.view(span.shape)
-        elif span.dtype == dtype:
+        if span.dtype == dtype:
             buffer = self.pool.need(_stored_bytes(span))
             raw = self._read(span.file, span.offset, span.nbytes, buffer)
             tensor = raw.view(dtype).view(span.shape)
         else:  # read and converted a chunk at a time
+            out = math.prod(span.shape) * dtype.itemsize
             buffer = self.pool.need(out)
             flat = buffer[:out].view(dtype)
             self._convert(span, flat)
             tensor = flat.view(span.shape)
         self.lent[id(tensor)] = buffer
         return tensor
-
-    def read_ahead(self, keys: list[str]) -> None:
-        """Start reading `keys` on the worker, all or none, if the pool has room."""
-        spans = [(k, s) for k in keys if k not in self.ahead and (s := self._span(k))]
-        taken: list[tuple[str, Span, torch.Tensor]] = []
-        for key, span in spans:
-            buffer = self.pool.take(_stored_bytes(span), optional=True)
-            if buffer is None:
-                for _, _, held in taken:
-                    self.pool.give(held)
-                return
-            taken.append((key, span, buffer))
-        if taken and self.worker is None:
-            self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="morph-read")
-        for key, span, buffer in taken:
-            assert self.worker is not None
-            job = self.worker.submit(self._read, span.file, span.offset, span.nbytes, buffer)
-            self.ahead[key] = (buffer, job)
-
-    def _drop_ahead(self) -> None:
-        for buffer, future in self.ahead.values():
-            try:
-                future.result()  # a read under way cannot be stopped
-            finally:
-                self.pool.give(buffer)
-        self.ahead.clear()
 
     def give_back(self, tensor: torch.Tensor, output: Any = None) -> None:
         """`tensor` (from `load`) is no longer used: its buffer goes back to the pool,
@@ -236,14 +195,15 @@ class TensorLoader:
 
 
 def pool_for(*readers: Any) -> BufferPool:
-    """A pool for loading `readers`' tensors, one model after the other: room for two of
-    the largest tensor as stored (one in use, the next read ahead), the memory bound of
-    streamed verification (benchmarks/README.md)."""
+    """A pool for loading `readers`' tensors, one layer at a time: room for the largest
+    tensor as stored. A layer converted to a wider dtype, or with several large tensors,
+    gets its buffers past that cap, the pool keeping none of them free afterwards, so the
+    heap stays near what the layer needs (and oneDNN's copy of a convolution's weight)."""
     largest = max(
         (math.prod(r.shape(k)) * r.dtype(k).itemsize for r in readers for k in r.keys()),  # noqa: SIM118 - readers, not dicts
         default=0,
     )
-    return BufferPool(2 * (largest + 4 * _ALIGN))
+    return BufferPool(largest + 4 * _ALIGN)
 
 
 def _stored_bytes(span: Span) -> int:

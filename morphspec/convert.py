@@ -28,7 +28,13 @@ from typing import Any
 
 from morphspec.arch import Arch
 from morphspec.arguments import check_options
-from morphspec.checkpoint import CheckpointReader, check_finite, make_metadata, write_safetensors
+from morphspec.checkpoint import (
+    CheckpointReader,
+    check_finite,
+    make_metadata,
+    prehash,
+    write_safetensors,
+)
 from morphspec.checkpoint.output import (
     check_folder_target,
     check_target,
@@ -122,6 +128,10 @@ def _hashing(reader: CheckpointReader) -> Iterator[Future[str]]:
     """The teacher's sha256 as `reader.sha256` computes it (its files in order), on a thread:
     hashlib and reads release the GIL. An error or interrupt stops it at the next MiB, so
     Ctrl-C does not wait for a large teacher to be hashed."""
+    started = prehash.take(reader.paths)  # the CLI started it before importing torch
+    if started is not None:
+        yield started
+        return
     stop = threading.Event()
 
     def digest() -> str:

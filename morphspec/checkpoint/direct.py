@@ -9,8 +9,10 @@ the conversion's own write took 7.4 s of its 11 s (benchmarks/README.md, issue 2
 
 `O_DIRECT` asks for aligned I/O: the memory address, the file offset and the length must
 be multiples of the device's logical block. The bytes are therefore gathered in an
-anonymous `mmap` buffer (page-aligned) and written `_BUFFER` at a time; the last partial
-block is padded with zeros and the file truncated to its true length. The first
+anonymous `mmap` buffer (page-aligned) and written `_BUFFER` at a time by a writer thread,
+while the caller fills a second buffer (so a tensor is free for reuse as soon as it is
+copied, not once it is on the disk); the last partial block is padded with zeros and the
+file truncated to its true length. The first
 `keep_head` bytes (the safetensors header, whose teacher hash is known only at the end)
 are kept in memory and written again, changed, by `finish`.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
 __all__ = ["AppendFile"]
@@ -50,11 +53,19 @@ class AppendFile:
         self.keep_head = keep_head
         self.head = bytearray()  # the first keep_head bytes, as appended
         self.direct = bool(direct and _O_DIRECT) and _set_direct(fd, True)
-        self.buffer: mmap.mmap | None = None
-        self.filled = 0  # bytes of `buffer` not yet written
-        self.written = 0  # file offset of `buffer`'s first byte (aligned)
+        self.buffers: list[mmap.mmap] = []  # two: one filled while the other is written
+        self.pending: list[Future[None] | None] = [None, None]
+        self.writer: ThreadPoolExecutor | None = None
+        self.current = 0  # the buffer being filled
+        self.filled = 0  # bytes of it not yet written
+        self.written = 0  # file offset of its first byte (aligned)
         if self.direct:
-            self.buffer = mmap.mmap(-1, _BUFFER)
+            self.buffers = [mmap.mmap(-1, _BUFFER) for _ in range(2)]
+            self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="morph-write")
+
+    @property
+    def buffer(self) -> mmap.mmap | None:
+        return self.buffers[self.current] if self.buffers else None
 
     def __enter__(self) -> AppendFile:
         return self
@@ -92,31 +103,47 @@ class AppendFile:
                 self._flush(space)
 
     def _flush(self, length: int) -> None:
-        """Write the buffer's first `length` bytes (a multiple of _ALIGN) at `written`."""
-        assert self.buffer is not None
-        chunk = memoryview(self.buffer)[:length]
+        """Hand the buffer's first `length` bytes (a multiple of _ALIGN) to the writer
+        thread, to go at `written`, and go on filling the other buffer once its own last
+        write is done: the caller's copying and the disk's writing overlap."""
+        assert self.writer is not None
+        job = self.writer.submit(self._write_block, self.current, length, self.written)
+        self.pending[self.current] = job
+        self.written += length
+        self.filled = 0
+        self.current ^= 1
+        self._wait(self.current)
+
+    def _wait(self, which: int) -> None:
+        job, self.pending[which] = self.pending[which], None
+        if job is not None:
+            job.result()  # raises the write's error here
+
+    def _write_block(self, which: int, length: int, offset: int) -> None:
+        chunk = memoryview(self.buffers[which])[:length]
         try:
-            _pwrite_all(self.fd, chunk, self.written)
+            _pwrite_all(self.fd, chunk, offset)
         except OSError as err:
             if err.errno != errno.EINVAL or not self.direct:
                 raise
             # The filesystem took O_DIRECT at open but refuses this I/O: write buffered.
             self.direct = not _set_direct(self.fd, False)
-            _pwrite_all(self.fd, chunk, self.written)
+            _pwrite_all(self.fd, chunk, offset)
         finally:
             chunk.release()
-        self.written += length
-        self.filled = 0
 
     def finish(self, head: bytes | None = None) -> None:
         """Write what is buffered, set the true length, put `head` (the final version of
         the first `keep_head` bytes, the same length) over them, and fsync."""
         if head is not None and len(head) != len(self.head):
             raise ValueError("the final head must have the length of the kept one")
-        if self.buffer is not None and self.filled:
-            tail = self.filled
-            self.buffer[tail : _round_up(tail)] = bytes(_round_up(tail) - tail)
-            self._flush(_round_up(tail))
+        if self.buffer is not None:
+            if self.filled:
+                tail = self.filled
+                self.buffer[tail : _round_up(tail)] = bytes(_round_up(tail) - tail)
+                self._flush(_round_up(tail))
+            self._wait(0)
+            self._wait(1)
             os.ftruncate(self.fd, self.size)
         if head is not None and head != self.head:
             self._rewrite_head(bytes(head))
@@ -130,9 +157,17 @@ class AppendFile:
         _pwrite_all(self.fd, memoryview(head), 0)
 
     def close(self) -> None:
-        if self.buffer is not None:
-            self.buffer.close()
-            self.buffer = None
+        """Wait for the writes under way (an error was or will be reported by `finish`;
+        after another error they no longer matter) and release the file."""
+        if self.writer is not None:
+            for job in self.pending:
+                if job is not None:
+                    job.exception()
+            self.writer.shutdown()
+            self.writer = None
+        for buffer in self.buffers:
+            buffer.close()
+        self.buffers = []
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -225,6 +225,7 @@ def final_header(
 
 
 PRODUCERS = 2
+_SLACK = 8 << 20  # room for small tensors (norms, biases) beside the two largest, at most
 """Tensors produced at once. Random draws (one generator stream per tensor) run on one
 core, so one producer left a 2-core machine half idle; each tensor still has its own
 generator, so the bytes do not depend on this number (tests/test_low_precision.py)."""
@@ -236,23 +237,29 @@ def produced(
     """Each entry's bytes in order, the following ones produced on worker threads meanwhile.
 
     torch's kernels and `write` release the GIL, so producing and writing overlap. The
-    entries started and not yet written hold at most twice the largest entry's bytes
-    (counting each one's scratch; one entry always runs, however large), the memory bound
-    of one tensor written while the next is produced, so a small tensor (a bias) does not
-    keep the next large one waiting. On an error or interrupt the workers finish their
-    tensors and stop.
+    entries started and not yet written hold at most twice the largest entry's bytes plus
+    an eighth of it (up to 8 MB) for small ones, each counted with its scratch (one entry
+    always runs, however large): the memory bound of one tensor written while the next is
+    produced, without a bias keeping the next large tensor waiting. On an error or
+    interrupt the workers finish their tensors and stop.
     """
     if not ordered:
         return
-    limit = 2 * max(e.nbytes for e in ordered)
+    largest = max(e.nbytes for e in ordered)
+    limit = 2 * largest + min(_SLACK, largest // 8)
     buffers = BufferPool(limit)
     following = iter(ordered)
     queued: TensorEntry | None = next(following, None)
     ahead: deque[tuple[int, Future[_Produced]]] = deque()
     held = 0
+    workers = producers or PRODUCERS
+    # torch's kernel threads are set per calling thread: split the caller's between the
+    # producers, or each would start a full team and the teams would fight for the cores
+    share = max(1, torch.get_num_threads() // workers)
     with ThreadPoolExecutor(
-        max_workers=producers or PRODUCERS, thread_name_prefix="morph-produce"
-    ) as pool:
+        max_workers=workers, thread_name_prefix="morph-produce",
+        initializer=torch.set_num_threads, initargs=(share,),
+    ) as pool:  # fmt: skip
         try:
             while ahead or queued is not None:
                 while queued is not None and (

@@ -127,6 +127,10 @@ def convert(
     function. Everything is checked before a tensor moves; the output is written beside its
     destination, verified (unless --no-verify) and only then renamed into place. The teacher
     is never written. Exit 3, with no output written, when the student misses --rtol."""
+    if not dry_run and to_dcp is None:
+        from morphspec.checkpoint import prehash  # no torch: hashes while torch is imported
+
+        prehash.start(checkpoint)
     run = quiet_import("morphspec.convert").convert
 
     out = Output(as_json)

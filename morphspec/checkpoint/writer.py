@@ -252,14 +252,12 @@ def produced(
     queued: TensorEntry | None = next(following, None)
     ahead: deque[tuple[int, Future[_Produced]]] = deque()
     held = 0
-    workers = producers or PRODUCERS
-    # torch's kernel threads are set per calling thread: split the caller's between the
-    # producers, or each would start a full team and the teams would fight for the cores
-    share = max(1, torch.get_num_threads() // workers)
+    # Not done: giving each producer a share of torch's kernel threads. set_num_threads in
+    # a worker thread also sets the process-wide count that new threads start with and
+    # resizes a shared thread pool: a 2-rank split conversion aborted once with it.
     with ThreadPoolExecutor(
-        max_workers=workers, thread_name_prefix="morph-produce",
-        initializer=torch.set_num_threads, initargs=(share,),
-    ) as pool:  # fmt: skip
+        max_workers=producers or PRODUCERS, thread_name_prefix="morph-produce"
+    ) as pool:
         try:
             while ahead or queued is not None:
                 while queued is not None and (

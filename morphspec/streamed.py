@@ -3,9 +3,10 @@
 Verification used to build teacher and student whole, so checking a 2.2 GB student needed
 both models in memory. Here the model is built on the `meta` device (shapes, no storage);
 a pre-forward hook on each module that owns parameters or buffers reads them from the
-checkpoint (through its memory map, converted to the model's dtype where they differ)
-just before it runs, and a forward hook puts the meta placeholders back right after.
-Heap use is then about the largest layer plus activations, whatever the model's size.
+checkpoint (with `pread` into pooled buffers, `checkpoint/loader.py`, converted to the
+model's dtype where they differ) just before it runs, and a forward hook puts the meta
+placeholders back, and the buffers into the pool, right after. Heap use is then about the
+largest layer plus activations, whatever the model's size.
 
 The values are those `load_state_dict` would copy in (the same dtype conversion), so the
 outputs are bit-identical to the fully loaded model's; a test checks that. It runs models,

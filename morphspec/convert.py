@@ -16,7 +16,6 @@ are written, and written into the header last (checkpoint/writer.py).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -133,18 +132,9 @@ def _hashing(reader: CheckpointReader) -> Iterator[Future[str]]:
         yield started
         return
     stop = threading.Event()
-
-    def digest() -> str:
-        h = hashlib.sha256()
-        for path in reader.paths:
-            with open(path, "rb") as f:
-                while not stop.is_set() and (chunk := f.read(1 << 20)):
-                    h.update(chunk)
-        return h.hexdigest()
-
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="morph-sha256") as pool:
         try:
-            yield pool.submit(digest)
+            yield pool.submit(prehash.sha256_of, reader.paths, stop)
         finally:
             stop.set()
 

@@ -6,7 +6,7 @@ for the cores, while the torch import before them (1.7 s on one core) leaves the
 idle. So the CLI starts hashing a single-file teacher here first (this module does not
 import torch), and `convert` takes the digest if the file is the one that was hashed (same
 device, inode, size and modification time, before and after), or hashes it itself as
-before.
+before. `sha256_of` is the one digest of checkpoint files (`CheckpointReader.sha256` too).
 """
 
 from __future__ import annotations
@@ -17,12 +17,24 @@ import threading
 from concurrent.futures import Future
 from pathlib import Path
 
-__all__ = ["start", "take"]
+__all__ = ["sha256_of", "start", "take"]
 
 _CHUNK = 1 << 20
 _INDEX = "model.safetensors.index.json"
 _JOBS: dict[Path, tuple[tuple[int, int, int, int], Future[str]]] = {}
 _LOCK = threading.Lock()
+
+
+def sha256_of(paths: list[Path], stop: threading.Event | None = None) -> str:
+    """The sha256 of `paths`' bytes, one file after the other, read a MiB at a time (the
+    digest the header records); once `stop` is set it ends at the next MiB (the digest is
+    then of no use)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as f:
+            while not (stop is not None and stop.is_set()) and (chunk := f.read(_CHUNK)):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
@@ -54,11 +66,7 @@ def start(checkpoint: str | os.PathLike[str]) -> None:
 
     def run() -> None:
         try:
-            digest = hashlib.sha256()
-            with path.open("rb") as f:
-                while chunk := f.read(_CHUNK):
-                    digest.update(chunk)
-            future.set_result(digest.hexdigest())
+            future.set_result(sha256_of([path]))
         except BaseException as err:
             future.set_exception(err)
 

@@ -8,7 +8,6 @@ Tensor data is only read by `get`, one tensor at a time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from morphspec.checkpoint.prehash import sha256_of
 from morphspec.checkpoint.regular import read_regular
 from morphspec.checkpoint.source import TensorSource
 from morphspec.errors import CheckpointError, Mark, Problem, closest
@@ -32,7 +32,6 @@ INDEX_NAME = "model.safetensors.index.json"
 _SINGLE_NAME = "model.safetensors"
 _MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
 _MAX_INDEX = 256 * 1024 * 1024  # an index of a million tensors is ~100 MB
-_CHUNK = 1 << 20
 _FIX = "re-save or re-download the checkpoint"
 MAX_KEY_PROBLEMS = 10  # a checkpoint of another model: name a few keys, then count the rest
 
@@ -319,12 +318,7 @@ class CheckpointReader:
     def sha256(self) -> str:
         """Hash of the bytes on disk (index, then shards by name), streamed in 1 MiB chunks."""
         if self._sha is None:
-            digest = hashlib.sha256()
-            for file in self.paths:
-                with file.open("rb") as f:
-                    while chunk := f.read(_CHUNK):
-                        digest.update(chunk)
-            self._sha = digest.hexdigest()
+            self._sha = sha256_of(self.paths)
         return self._sha
 
 

@@ -20,9 +20,6 @@ import torch
 from torch import nn
 
 from morphspec.arch import Arch
-from morphspec.checkpoint.loader import pool_for
-from morphspec.checkpoint.pool import BufferPool
-from morphspec.checkpoint.reader import CheckpointReader
 from morphspec.defaults import DEFAULT_RTOL, DEFAULT_SAMPLES
 from morphspec.errors import ArgumentError, MorphError
 from morphspec.growth.kinds import rule_of
@@ -208,7 +205,9 @@ def verify_modes(
     statistics, no dropout of their own: a language model) run once; models whose only
     mode-dependent layers are batch norms run both modes in one pass (`modes.py`)."""
     from morphspec.checkpoint import check_finite, check_keys
+    from morphspec.checkpoint.loader import pool_for
     from morphspec.interop.folder import open_checkpoint
+    from morphspec.streamed import streamed_model
 
     check_comparable(teacher, student)
     with (
@@ -227,34 +226,22 @@ def verify_modes(
         if wide and inputs.is_floating_point():
             inputs = inputs.double()
         pool = pool_for(t_reader, s_reader)  # the models run one after the other
-        return _run_modes(teacher, t_reader, student, s_reader, pool, dtype, inputs, rtol,
-                          seed, modes)  # fmt: skip
-
-
-def _run_modes(
-    teacher: Arch, t_reader: CheckpointReader, student: Arch, s_reader: CheckpointReader,
-    pool: BufferPool, dtype: torch.dtype | None, inputs: torch.Tensor, rtol: float, seed: int,
-    modes: tuple[Mode, ...],
-) -> list[Verification]:  # fmt: skip
-    """`verify_modes`' comparisons, once its checks are done."""
-    from morphspec.streamed import streamed_model
-
-    results: list[Verification] = []
-    for mode in modes:
-        with (
-            streamed_model(teacher, t_reader, dtype, pool) as t_model,
-            streamed_model(student, s_reader, dtype, pool) as s_model,
-        ):
-            if results and mode_free(t_model) and mode_free(s_model):
-                results.append(replace(results[0], mode=mode))  # the same computation
-                continue
-            t_norms, s_norms = batch_norms(t_model), batch_norms(s_model)
-            paired = t_norms is not None and s_norms is not None and (t_norms or s_norms)
-            if sorted(modes) == ["eval", "train"] and paired:
-                assert t_norms is not None and s_norms is not None
-                return _both(t_model, s_model, t_norms + s_norms, inputs, rtol, seed, modes)
-            results.append(compare(t_model, s_model, inputs, rtol, seed, mode))
-    return results
+        results: list[Verification] = []
+        for mode in modes:
+            with (
+                streamed_model(teacher, t_reader, dtype, pool) as t_model,
+                streamed_model(student, s_reader, dtype, pool) as s_model,
+            ):
+                if results and mode_free(t_model) and mode_free(s_model):
+                    results.append(replace(results[0], mode=mode))  # the same computation
+                    continue
+                t_norms, s_norms = batch_norms(t_model), batch_norms(s_model)
+                paired = t_norms is not None and s_norms is not None and (t_norms or s_norms)
+                if sorted(modes) == ["eval", "train"] and paired:
+                    assert t_norms is not None and s_norms is not None
+                    return _both(t_model, s_model, t_norms + s_norms, inputs, rtol, seed, modes)
+                results.append(compare(t_model, s_model, inputs, rtol, seed, mode))
+        return results
 
 
 @torch.no_grad()

@@ -225,10 +225,10 @@ def final_header(
 
 
 PRODUCERS = 2
-_SLACK = 8 << 20  # room for small tensors (norms, biases) beside the two largest, at most
 """Tensors produced at once. Random draws (one generator stream per tensor) run on one
 core, so one producer left a 2-core machine half idle; each tensor still has its own
 generator, so the bytes do not depend on this number (tests/test_low_precision.py)."""
+_SLACK = 8 << 20  # room for small tensors (norms, biases) beside the two largest, at most
 
 
 def produced(
@@ -294,10 +294,13 @@ def _bytes_of(entry: TensorEntry, buffers: BufferPool) -> _Produced:
         tensor = entry.produce()
     data, owner = _raw_bytes(entry, tensor)
     home = owner.untyped_storage().data_ptr()
+    kept = []
     for buffer in lent:
-        if buffer.data_ptr() != home:
+        if buffer.data_ptr() == home:
+            kept.append(buffer)
+        else:
             buffers.forget(buffer)  # a work buffer, dropped now
-    return data, owner, [b for b in lent if b.data_ptr() == home]
+    return data, owner, kept
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -63,7 +63,7 @@ def test_random_pieces_give_the_bytes_of_a_plain_write(tmp_path: Path) -> None:
 
 def test_direct_is_used_where_the_filesystem_allows_it(tmp_path: Path) -> None:
     """On Linux the test directory's filesystem takes O_DIRECT (tmpfs does not: skip)."""
-    if not direct._O_DIRECT:
+    if not direct.O_DIRECT:
         pytest.skip("no O_DIRECT on this platform")
     fd = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT, 0o644)
     with AppendFile(fd) as f:
@@ -92,7 +92,7 @@ def test_einval_mid_file_falls_back_to_buffered_writes(
     pieces = [bytes(range(256)) * 100, b"tail"]
     f = _write(tmp_path / "f.bin", pieces, b"HEAD", use_direct=True)
     assert (tmp_path / "f.bin").read_bytes() == _expected(pieces, b"HEAD")
-    if direct._O_DIRECT and refused:
+    if direct.O_DIRECT and refused:
         assert not f.direct
 
 
@@ -133,7 +133,7 @@ def test_safetensors_file_loads_and_matches_the_buffered_one(
     back = load_file(str(ours))
     for key, tensor in state.items():
         assert torch.equal(back[key], tensor)
-    monkeypatch.setattr(direct, "_O_DIRECT", 0)
+    monkeypatch.setattr(direct, "O_DIRECT", 0)
     save_state_dict(state, plain, {"k": "v"})
     assert ours.read_bytes() == plain.read_bytes()
 

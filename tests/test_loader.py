@@ -84,7 +84,7 @@ def test_refused_direct_read_falls_back(ckpt: Path, monkeypatch: pytest.MonkeyPa
         return real(fd, view, offset)
 
     monkeypatch.setattr(loader_module, "_pread", pread)
-    if loader_module._O_DIRECT:
+    if loader_module.O_DIRECT:
         monkeypatch.setattr(loader_module, "resident_fraction", lambda fd: 0.0)
     assert _check_all(ckpt) == 16  # 4 keys x 2 dtypes x 2 rounds; b and d start off their item size
 

@@ -29,14 +29,14 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
-__all__ = ["AppendFile"]
+__all__ = ["ALIGN", "O_DIRECT", "AppendFile", "round_up"]
 
-_ALIGN = 4096  # a multiple of every logical block size Linux supports for O_DIRECT
+ALIGN = 4096  # a multiple of every logical block size Linux supports for O_DIRECT
 _BUFFER = 8 << 20  # bytes per direct write
-_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
 
-def _round_up(n: int, to: int = _ALIGN) -> int:
+def round_up(n: int, to: int = ALIGN) -> int:
     return -(-n // to) * to
 
 
@@ -52,7 +52,7 @@ class AppendFile:
         self.size = 0  # bytes appended so far
         self.keep_head = keep_head
         self.head = bytearray()  # the first keep_head bytes, as appended
-        self.direct = bool(direct and _O_DIRECT) and _set_direct(fd, True)
+        self.direct = bool(direct and O_DIRECT) and _set_direct(fd, True)
         self.buffers: list[mmap.mmap] = []  # two: one filled while the other is written
         self.pending: list[Future[None] | None] = [None, None]
         self.writer: ThreadPoolExecutor | None = None
@@ -103,7 +103,7 @@ class AppendFile:
                 self._flush(space)
 
     def _flush(self, length: int) -> None:
-        """Hand the buffer's first `length` bytes (a multiple of _ALIGN) to the writer
+        """Hand the buffer's first `length` bytes (a multiple of ALIGN) to the writer
         thread, to go at `written`, and go on filling the other buffer once its own last
         write is done: the caller's copying and the disk's writing overlap."""
         assert self.writer is not None
@@ -140,8 +140,8 @@ class AppendFile:
         if self.buffer is not None:
             if self.filled:
                 tail = self.filled
-                self.buffer[tail : _round_up(tail)] = bytes(_round_up(tail) - tail)
-                self._flush(_round_up(tail))
+                self.buffer[tail : round_up(tail)] = bytes(round_up(tail) - tail)
+                self._flush(round_up(tail))
             self._wait(0)
             self._wait(1)
             os.ftruncate(self.fd, self.size)
@@ -175,13 +175,13 @@ class AppendFile:
 
 def _set_direct(fd: int, on: bool) -> bool:
     """Turn O_DIRECT on or off for `fd`; whether that took."""
-    if not _O_DIRECT:
+    if not O_DIRECT:
         return False
     import fcntl  # POSIX only, as O_DIRECT is
 
     try:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, (flags | _O_DIRECT) if on else (flags & ~_O_DIRECT))
+        fcntl.fcntl(fd, fcntl.F_SETFL, (flags | O_DIRECT) if on else (flags & ~O_DIRECT))
     except OSError:
         return False
     return True

@@ -33,18 +33,13 @@ from typing import Any
 
 import torch
 
+from morphspec.checkpoint.direct import ALIGN, O_DIRECT, round_up
 from morphspec.checkpoint.pool import BufferPool
 from morphspec.checkpoint.reader import Span
 
 __all__ = ["TensorLoader", "pool_for"]
 
-_ALIGN = 4096  # O_DIRECT: address, offset and length in whole logical blocks
 _CHUNK = 8 << 20  # bytes of a converted tensor read at a time
-_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
-
-
-def _round_up(n: int) -> int:
-    return -(-n // _ALIGN) * _ALIGN
 
 
 class TensorLoader:
@@ -125,7 +120,7 @@ class TensorLoader:
         size = span.dtype.itemsize
         per = max(1, _CHUNK // size)
         if self.chunks is None:
-            self.chunks = [torch.empty(_CHUNK + 3 * _ALIGN, dtype=torch.uint8) for _ in "ab"]
+            self.chunks = [torch.empty(_CHUNK + 3 * ALIGN, dtype=torch.uint8) for _ in "ab"]
         if self.worker is None:
             self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="morph-read")
         starts = range(0, flat.numel(), per)
@@ -149,20 +144,19 @@ class TensorLoader:
         """The file's bytes [offset, offset + nbytes) as a view of `buffer`. File byte X
         goes to `buffer[base + X - first]`, where `base` is `buffer`'s first aligned byte
         and `first` the block holding `offset`, so that a direct read of whole blocks lands
-        at an aligned address. What the page cache holds is copied from it (a buffered
-        read that may not wait for the disk); the rest is read with O_DIRECT, which does
-        not fill the page cache with a file read once."""
+        at an aligned address. A file the page cache holds is read plainly (copied from
+        it); another with O_DIRECT, which does not fill the page cache with a file read
+        once."""
         plain, direct = self._fds(file)
-        base = -buffer.data_ptr() % _ALIGN
-        first = offset // _ALIGN * _ALIGN
+        base = -buffer.data_ptr() % ALIGN
+        first = offset // ALIGN * ALIGN
         end = offset + nbytes
-        span = buffer[base : base + _round_up(end) - first]
+        span = buffer[base : base + round_up(end) - first]
         memory = memoryview((ctypes.c_ubyte * span.numel()).from_address(span.data_ptr()))
         at = offset  # the next file byte to read
         if direct is not None:
-            block = offset // _ALIGN * _ALIGN
             try:
-                at = block + _pread(direct, memory[block - first :], block)
+                at = first + _pread(direct, memory, first)
             except OSError as err:
                 if err.errno != errno.EINVAL:
                     raise
@@ -203,20 +197,20 @@ def pool_for(*readers: Any) -> BufferPool:
         (math.prod(r.shape(k)) * r.dtype(k).itemsize for r in readers for k in r.keys()),  # noqa: SIM118 - readers, not dicts
         default=0,
     )
-    return BufferPool(largest + 4 * _ALIGN)
+    return BufferPool(largest + 4 * ALIGN)
 
 
 def _stored_bytes(span: Span) -> int:
     """A buffer for the tensor's bytes read with whole aligned blocks at an aligned address."""
-    return _round_up(span.offset + span.nbytes) - span.offset // _ALIGN * _ALIGN + _ALIGN
+    return round_up(span.offset + span.nbytes) - span.offset // ALIGN * ALIGN + ALIGN
 
 
 def _open_direct(file: Path) -> int | None:
     """`file` opened with O_DIRECT; None where the platform or file system has none."""
-    if not _O_DIRECT:
+    if not O_DIRECT:
         return None
     try:
-        return os.open(file, os.O_RDONLY | _O_DIRECT)
+        return os.open(file, os.O_RDONLY | O_DIRECT)
     except OSError as err:
         if err.errno != errno.EINVAL:
             raise
